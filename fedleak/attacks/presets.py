@@ -1,0 +1,1 @@
+"""Named gradient-matching attacks (filled in by the engine)."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fedleak`` CLI (one module each)."""

@@ -1,0 +1,31 @@
+"""``fedleak list``: every registered model, protocol, obfuscation and attack."""
+from __future__ import annotations
+
+
+def add_parser(sub):
+    return sub.add_parser("list", help="list registered models, protocols, obfuscations and attacks")
+
+
+def registries() -> dict:
+    from ..models import MODELS
+    from ..obfuscations import OBFUSCATIONS
+
+    regs = {"model": MODELS, "obfuscation": OBFUSCATIONS}
+    try:
+        from ..attacks import ATTACKS
+
+        regs["attack"] = ATTACKS
+    except ImportError:
+        pass
+    return regs
+
+
+def main(args) -> int:
+    print("protocols:")
+    print("  fedsgd        one gradient of the batch loss")
+    print("  fedavg        tau local SGD steps at lr eta; sends theta0 - theta_tau (or divided by eta)")
+    for kind, reg in registries().items():
+        print(f"{kind}s:")
+        for name in reg.names():
+            print(f"  {name:<22}{reg.doc(name)}")
+    return 0

@@ -1,0 +1,25 @@
+"""LeNet as used by the ROG code (Yue et al., 2023): two 5x5 convs with bias, two bias-free linears."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import MODELS, activation as act
+
+
+@MODELS.register("lenet", doc="ROG's LeNet: conv32-conv64 (5x5, pad 2, bias) + maxpools, fc512, fc (no bias)")
+class LeNet(nn.Module):
+    def __init__(self, num_classes=1000, image_size=32, channels=3, width=1.0, activation="relu"):
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"lenet needs an image size divisible by 4, got {image_size}")
+        c1, c2, hid = int(round(32 * width)), int(round(64 * width)), int(round(512 * width))
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, c1, 5, padding=2, bias=True), act(activation), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2, bias=True), act(activation), nn.MaxPool2d(2),
+        )
+        self.fc1 = nn.Linear(c2 * (image_size // 4) ** 2, hid, bias=False)
+        self.act = act(activation)
+        self.fc2 = nn.Linear(hid, num_classes, bias=False)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.features(x).flatten(1))))
