@@ -66,6 +66,9 @@ class Case:
         self.model_factory = None
         self.server_extra: dict[str, Any] = {}
         self._update: Optional[Update] = None
+        from .server import apply_scenario
+
+        apply_scenario(self, cfg.server)
 
     @property
     def images(self) -> torch.Tensor:

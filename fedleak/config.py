@@ -67,6 +67,7 @@ class RunConfig(_Strict):
     attack: dict[str, Any] = Field(default_factory=lambda: {"name": "rog"})
     enhancer: dict[str, Any] = Field(default_factory=lambda: {"name": "none"})
     metrics: dict[str, Any] = Field(default_factory=dict)
+    server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("obfuscation", mode="before")
@@ -90,7 +91,7 @@ class RunConfig(_Strict):
                 raise ValueError(f"step {step!r} must be a name or a mapping")
         return out
 
-    @field_validator("attack", "enhancer", mode="before")
+    @field_validator("attack", "enhancer", "server", mode="before")
     @classmethod
     def _named(cls, v):
         if isinstance(v, str):
@@ -263,6 +264,9 @@ def _check_names(cfg: RunConfig) -> None:
     if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
     build_pipeline(cfg.obfuscation)
+    from .server import check_server_config
+
+    check_server_config(cfg.server)
     try:
         from .attacks import ATTACKS, check_attack_config
     except ImportError:  # attacks not available in a minimal install
