@@ -242,10 +242,11 @@ def ssim_rog(a: Any, b: Any) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- HaarPSI
 def _conv_same(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """2-D filtering of (N, H, W) with kernel k (kh, kw), zero padding, output the same size as the input
-    (the 'same' central part, top/left padding floor((k-1)/2) as in MATLAB's conv2)."""
+    """True 2-D convolution of (N, H, W) with kernel k (kh, kw), zero padding, output the same size as the
+    input: the 'same' central part of the full convolution as MATLAB ``conv2`` / ``scipy.signal.convolve2d``
+    define it (top/left padding floor(k/2), which matters for the even-sized Haar filters)."""
     kh, kw = k.shape
-    pt, pl = (kh - 1) // 2, (kw - 1) // 2
+    pt, pl = kh // 2, kw // 2
     y = F.pad(x.unsqueeze(1), (pl, kw - 1 - pl, pt, kh - 1 - pt))
     return F.conv2d(y, k.flip(0, 1)[None, None].to(x.dtype)).squeeze(1)
 

@@ -182,3 +182,54 @@ def test_evaluate_masks():
     assert torch.allclose(m, 10 * torch.log10(1 / mse), atol=1e-6)
     with pytest.raises(ValueError):
         M.evaluate(x, rec, masks=torch.ones(2, 16, 16, 1))
+
+
+def _haarpsi_reference(ref, dist):
+    """Straightforward numpy/scipy transcription of the HaarPSI definition (paper, Sec. 3; 0..255 scale)."""
+    from scipy.signal import convolve2d
+
+    C, alpha = 30.0, 4.2
+    r, d = (np.clip(x.permute(1, 2, 0).double().numpy(), 0, 1) * 255 for x in (ref, dist))
+
+    def yiq(x):
+        return (x @ np.array([0.299, 0.587, 0.114]), x @ np.array([0.596, -0.274, -0.322]),
+                x @ np.array([0.211, -0.523, 0.312]))
+
+    def sub(x):
+        return convolve2d(x, np.ones((2, 2)) / 4, mode="same")[::2, ::2]
+
+    (ry, ri, rq), (dy, di, dq) = ([sub(c) for c in yiq(x)] for x in (r, d))
+
+    def haar(x):
+        hs, vs = [], []
+        for j in (1, 2, 3):
+            f = 2.0**-j * np.ones((2**j, 2**j))
+            f[: 2**j // 2] *= -1
+            hs.append(convolve2d(x, f, mode="same"))
+            vs.append(convolve2d(x, f.T, mode="same"))
+        return hs, vs
+
+    def s(u, v):
+        return (2 * u * v + C) / (u**2 + v**2 + C)
+
+    hr, hd = haar(ry), haar(dy)
+    sims, ws = [], []
+    for o in (0, 1):
+        ws.append(np.maximum(np.abs(hr[o][2]), np.abs(hd[o][2])))
+        sims.append((s(np.abs(hr[o][0]), np.abs(hd[o][0])) + s(np.abs(hr[o][1]), np.abs(hd[o][1]))) / 2)
+    m = lambda x: np.abs(convolve2d(x, np.ones((2, 2)) / 4, mode="same"))  # noqa: E731
+    sims.append((s(m(ri), m(di)) + s(m(rq), m(dq))) / 2)
+    ws.append((ws[0] + ws[1]) / 2)
+    S, W = np.stack(sims), np.stack(ws)
+    v = (W / (1 + np.exp(-alpha * S))).sum() / W.sum()
+    return (np.log(v / (1 - v)) / alpha) ** 2
+
+
+@pytest.mark.parametrize("size", [16, 33])
+def test_haarpsi_matches_reference(size):
+    a = _imgs(2, size, seed=20)
+    b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(21))).clamp(0, 1)
+    b[1] = torch.roll(a[1], 2, dims=-1)
+    ours = M.haarpsi(a, b)
+    for i in range(2):
+        assert ours[i].item() == pytest.approx(_haarpsi_reference(a[i], b[i]), abs=1e-10)
