@@ -365,7 +365,7 @@ def _as_list(v: torch.Tensor) -> list:
 
 
 def evaluate(true_images: Any, rec: Any, true_labels: Any = None, masks: Any = None,
-             psnr_cap: Optional[float] = PSNR_CAP) -> dict:
+             psnr_cap: Optional[float] = PSNR_CAP, match_order: bool = True) -> dict:
     """Compare a reconstruction with the true images.
 
     ``rec`` is a :class:`~fedleak.attacks.Reconstruction` or an image tensor. Reconstructed images are
@@ -382,7 +382,8 @@ def evaluate(true_images: Any, rec: Any, true_labels: Any = None, masks: Any = N
     Label accuracy is reported when the reconstruction carries labels and ``true_labels`` is given:
     ``label_accuracy`` slot by slot after the image matching, ``label_set_accuracy`` order-free.
     With ``masks`` (B, 1, H, W, aligned with the true images) subject-region PSNR (MSE over the mask) and
-    SSIM (SSIM map averaged over the mask) are added.
+    SSIM (SSIM map averaged over the mask) are added. ``match_order=False`` skips the matching and compares
+    position by position (identity permutation).
     """
     rec_labels = None
     images = rec
@@ -394,7 +395,12 @@ def evaluate(true_images: Any, rec: Any, true_labels: Any = None, masks: Any = N
     if torch.isnan(r).any():
         raise ValueError("reconstruction contains NaN")
     r = r.clamp(0, 1)
-    perm = match(t, r)
+    if match_order:
+        perm = match(t, r)
+    else:
+        if r.shape != t.shape:
+            raise ValueError(f"reconstruction shape {tuple(r.shape)} != true images {tuple(t.shape)}")
+        perm = list(range(t.shape[0]))
     rm = r[perm]
     per = {
         "psnr": psnr(t, rm, cap=psnr_cap),

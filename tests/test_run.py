@@ -1,0 +1,221 @@
+"""End-to-end tests of ``fedleak run`` (CLI and Python API) on tiny configs."""
+import importlib.machinery
+import json
+import re
+import sys
+import types
+
+import pytest
+import torch
+import yaml
+
+import fedleak
+from fedleak import cli, runner
+from fedleak.attacks import ATTACKS, Reconstruction
+from fedleak.config import load_config
+
+FAKE = "test-fake-run"
+
+if FAKE not in ATTACKS:
+
+    @ATTACKS.register(FAKE, doc="test attack: seeded noise images, optional simulated Ctrl-C")
+    def _fake(view, update, callback=None, iterations=4, seed=0, interrupt_at=None):
+        g = torch.Generator().manual_seed(seed)
+        best = torch.rand(view.batch_size, *view.image_shape, generator=g)
+        history, interrupted = [], False
+        try:
+            for it in range(1, iterations + 1):
+                if interrupt_at is not None and it == interrupt_at:
+                    raise KeyboardInterrupt
+                best = (best + torch.rand(best.shape, generator=g)) / 2
+                history.append(1.0 / it)
+                if callback:
+                    callback({"iteration": it, "iterations": iterations, "loss": history[-1], "elapsed": 0.0})
+        except KeyboardInterrupt:
+            interrupted = True
+        return Reconstruction(images=best, labels=update.labels, loss_history=history,
+                              info={"interrupted": interrupted},
+                              series={"psnr": [(i + 1, 10.0 + i) for i in range(len(history))]})
+
+REAL = "rog" if "rog" in ATTACKS.names() else None
+ATTACK = REAL or FAKE
+FILES = ["config.yaml", "metrics.json", "grid.png", "loss.png", "reconstruction.pt", "run.log", "COMPLETE"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()  # runs set threads=1 from their config; give the process its setting back
+    yield
+    torch.set_num_threads(n)
+
+
+def _strict_json(path):
+    def bad(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def _config(tmp_path, attack=None, **extra):
+    cfg = {
+        "seed": 5,
+        "threads": 1,
+        "data": {"source": "builtin", "size": 16, "batch_size": 1},
+        "model": {"name": "lenet"},
+        "attack": attack or {"name": ATTACK, "iterations": 3},
+        "output": {"dir": str(tmp_path / "experiments")},
+        **extra,
+    }
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_cli_run_writes_complete_run_folder(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    out = tmp_path / "run1"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--set", "data.start=1"]) == 0
+    captured = capsys.readouterr()
+    assert "mean PSNR" in captured.out and str(out) in captured.out
+    for f in FILES:
+        assert (out / f).is_file(), f
+    m = _strict_json(out / "metrics.json")
+    assert m["interrupted"] is False and m["seed"] == 5
+    assert len(m["raw"]["per_image"]["psnr"]) == 1 and isinstance(m["raw"]["mean"]["ssim"], float)
+    for k in ("psnr", "ssim", "ssim_rog", "perceptual"):
+        assert k in m["raw"]["mean"] and k in m["summary"]
+    assert m["update"]["stats"]["bits"] > 0 and "timing" in m and m["timing"]["total_seconds"] > 0
+    assert m["attack"]["iterations_run"] == 3
+    assert "enhanced" not in m
+    # resolved config: overrides applied, seed recorded, still a valid config
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["data"]["start"] == 1 and resolved["seed"] == 5 and resolved["attack"]["seed"] == 5
+    load_config(out / "config.yaml")
+    blob = torch.load(out / "reconstruction.pt", weights_only=True)
+    assert blob["images"].shape == (1, 3, 16, 16) and blob["loss_history"].numel() == 3
+    log = (out / "run.log").read_text()
+    assert "attack finished" in log and "mean PSNR" in log
+
+
+def test_default_folder_name_and_quiet(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert cli.main(["run", str(cfg), "--quiet"]) == 0
+    runs = list((tmp_path / "experiments").iterdir())
+    assert len(runs) == 1
+    assert re.fullmatch(rf"lenet-fedsgd-{ATTACK}-\d{{8}}-\d{{6}}", runs[0].name)
+    out, err = capsys.readouterr()
+    assert out.strip() == str(runs[0])  # quiet: only the folder
+    assert "it/s" not in err  # no progress bar
+    assert (runs[0] / "COMPLETE").is_file()
+
+
+def test_output_name(tmp_path):
+    cfg = _config(tmp_path, output={"dir": str(tmp_path / "e"), "name": "mine"})
+    assert cli.main(["run", str(cfg), "-q"]) == 0
+    assert cli.main(["run", str(cfg), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["mine", "mine-2"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "data.sise=3"], "unknown key"),
+    (["--set", "attack.name=nope"], "unknown attack"),
+    (["--set", "metrics.foo=1"], "metrics"),
+    (["--set", "data.batch_size=0"], "batch_size"),
+])
+def test_bad_config_exit_2_one_line(tmp_path, capsys, args, needle):
+    cfg = _config(tmp_path)
+    rc = cli.main(["run", str(cfg), "--out", str(tmp_path / "bad"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("fedleak: error:") and "\n" not in err and needle in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "bad" / "COMPLETE").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedleak: error:") and "not found" in err and "\n" not in err
+
+
+def test_interrupted_run_keeps_folder_without_complete(tmp_path, capsys):
+    cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 6, "interrupt_at": 3})
+    out = tmp_path / "int"
+    out.mkdir()
+    (out / "COMPLETE").write_text("ok\n")  # stale marker from an earlier run in the same folder
+    assert cli.main(["run", str(cfg), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and str(out) in err
+    for f in FILES[:-1]:
+        assert (out / f).is_file(), f
+    assert not (out / "COMPLETE").exists()
+    m = _strict_json(out / "metrics.json")
+    assert m["interrupted"] is True and m["attack"]["iterations_run"] == 2
+    assert "INTERRUPTED" in (out / "run.log").read_text()
+
+
+@pytest.mark.skipif(REAL is None, reason="real attacks not available")
+def test_ctrl_c_inside_real_attack(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised from the progress callback inside the real engine: partial result, 130."""
+    orig = runner.Progress.__call__
+
+    def interrupting(self, state):
+        orig(self, state)
+        if state["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Progress, "__call__", interrupting)
+    cfg = _config(tmp_path, attack={"name": REAL, "iterations": 50})
+    out = tmp_path / "int2"
+    assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 130
+    m = _strict_json(out / "metrics.json")
+    assert m["interrupted"] is True and m["attack"]["iterations_run"] < 50
+    assert (out / "grid.png").is_file() and not (out / "COMPLETE").exists()
+
+
+def test_python_api_run(tmp_path):
+    cfg = {"seed": 1, "threads": 1, "data": {"size": 16, "batch_size": 2}, "model": {"name": "lenet"},
+           "attack": {"name": FAKE, "iterations": 2}, "output": {"dir": str(tmp_path)}}
+    run_dir, metrics = fedleak.run(cfg, overrides=["seed=2"], out=tmp_path / "api", progress=False)
+    assert run_dir == tmp_path / "api" and (run_dir / "COMPLETE").is_file()
+    assert metrics["seed"] == 2 and len(metrics["raw"]["per_image"]["ssim"]) == 2
+    # the fake returns the shared labels: all present; slot-wise accuracy follows the image matching
+    assert metrics["raw"]["label_set_accuracy"] == 1.0
+    perm = metrics["raw"]["permutation"]
+    assert metrics["raw"]["label_accuracy"] == (1.0 if perm == [0, 1] else 0.0)
+    assert metrics == _strict_json(run_dir / "metrics.json")
+    blob = torch.load(run_dir / "reconstruction.pt", weights_only=True)
+    assert blob["series_psnr"].shape == (2, 2)
+
+
+def test_enhancer_unavailable_is_config_error(tmp_path, capsys):
+    if importlib.util.find_spec("fedleak.enhance") is not None:
+        pytest.skip("fedleak.enhance exists")
+    cfg = _config(tmp_path, enhancer={"name": "denoise"})
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "enhancement isn't available" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # rejected before any work
+
+
+def test_enhancer_hook_reports_raw_and_enhanced(tmp_path, monkeypatch):
+    calls = {}
+
+    def enhance(images, view, cfg):
+        calls["cfg"] = cfg
+        calls["view"] = view
+        return images * 0 + 0.5  # flat grey
+
+    mod = types.ModuleType("fedleak.enhance")
+    mod.__spec__ = importlib.machinery.ModuleSpec("fedleak.enhance", None)
+    mod.enhance = enhance
+    monkeypatch.setitem(sys.modules, "fedleak.enhance", mod)
+    cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "grey", "strength": 1})
+    out = tmp_path / "enh"
+    assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
+    m = _strict_json(out / "metrics.json")
+    assert "raw" in m and "enhanced" in m
+    assert m["enhanced"]["per_image"]["psnr"] != m["raw"]["per_image"]["psnr"]
+    assert "enhanced_psnr" in m["summary"]
+    assert calls["cfg"] == {"name": "grey", "strength": 1}
+    assert not hasattr(calls["view"], "images")  # the enhancer gets the server view, not the case
+    assert torch.load(out / "reconstruction.pt", weights_only=True)["enhanced"].shape == (1, 3, 16, 16)
