@@ -64,6 +64,7 @@ class Progress:
         self.bar = None
         self.last: dict[str, Any] = {}
         self.next_log = 0
+        self.t_start = time.time()
 
     def __call__(self, state: dict) -> None:
         self.last = dict(state)
@@ -78,6 +79,8 @@ class Progress:
 
                 self.bar = tqdm(total=grand or None, desc=self.desc, unit="it", file=sys.stderr,
                                 dynamic_ncols=True, leave=True)
+                # count elapsed time (and the rate) from the start of the attack, not from the first callback
+                self.bar.start_t = self.bar.last_print_t = self.t_start
             self.bar.n = pos
             post = {}
             if loss is not None:
@@ -189,6 +192,22 @@ def _jsonable(o: Any, depth: int = 0) -> Any:
     return repr(o)
 
 
+def _subject_masks(cfg, case, log: RunLog):
+    """Subject masks for the subject-region metrics: the data set's own (``masks`` attribute) if it has them,
+    else, when ``data.segmenter`` is set, computed from the true images now (evaluation only)."""
+    m = getattr(case.data, "masks", None)
+    if m is not None:
+        return m
+    seg = str(cfg.data.segmenter or "none").lower()
+    if seg == "none" or importlib.util.find_spec("fedleak.segmentation") is None:
+        return None
+    from . import segmentation
+
+    m = segmentation.masks(case.images, seg, cfg.data.sam_checkpoint)
+    log(f"subject masks for the metrics from segmenter {seg!r} (mean coverage {float(m.float().mean()):.2f})")
+    return m
+
+
 def default_name(cfg) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{cfg.model.name}-{cfg.protocol.name}-{cfg.attack['name']}-{stamp}".replace("/", "_")
@@ -264,8 +283,8 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         # ---- server side: the attack sees the server view and the update only -----------------------
         log(f"attack {attack_opts}")
         torch.manual_seed(cfg.seed)
-        cb = Progress(log, progress, attack_opts["name"])
         t0 = time.perf_counter()
+        cb = Progress(log, progress, attack_opts["name"])
         try:
             rec = attack(attack_opts, view, update, callback=cb)
         finally:
@@ -291,7 +310,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
 
         # ---- evaluation: the only place (after the attack) where the true images are compared ------
         t0 = time.perf_counter()
-        masks = getattr(case.data, "masks", None)
+        masks = _subject_masks(cfg, case, log)
         raw = M.evaluate(case.images, rec, true_labels=case.labels, masks=masks, **metric_opts)
         enh_metrics = None
         if enhanced is not None:

@@ -219,3 +219,49 @@ def test_enhancer_hook_reports_raw_and_enhanced(tmp_path, monkeypatch):
     assert calls["cfg"] == {"name": "grey", "strength": 1}
     assert not hasattr(calls["view"], "images")  # the enhancer gets the server view, not the case
     assert torch.load(out / "reconstruction.pt", weights_only=True)["enhanced"].shape == (1, 3, 16, 16)
+
+
+@pytest.mark.skipif(REAL is None, reason="real attacks not available")
+def test_sigint_subprocess(tmp_path):
+    """A real Ctrl-C (SIGINT) during a long attack: exit 130, partial results, no COMPLETE."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cfg = _config(tmp_path, attack={"name": REAL, "iterations": 1_000_000})
+    out = tmp_path / "sig"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedleak", "run", str(cfg), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 40
+        # wait until the attack is iterating (the progress bar shows a loss)
+        buf = ""
+        while time.time() < deadline and "loss=" not in buf:
+            ch = proc.stderr.read(1)
+            if not ch:
+                break
+            buf += ch
+        assert "loss=" in buf, buf[-2000:]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "partial results" in err
+    m = _strict_json(out / "metrics.json")
+    assert m["interrupted"] is True and 0 < m["attack"]["iterations_run"] < 1_000_000
+    assert (out / "grid.png").is_file() and (out / "reconstruction.pt").is_file()
+    assert not (out / "COMPLETE").exists()
+
+
+def test_subject_masks_from_segmenter(tmp_path):
+    pytest.importorskip("fedleak.segmentation")
+    cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2})
+    out = tmp_path / "seg"
+    assert cli.main(["run", str(cfg), "--out", str(out), "-q", "--set", "data.segmenter=grabcut"]) == 0
+    m = _strict_json(out / "metrics.json")
+    assert "psnr_subject" in m["raw"]["mean"] and "ssim_subject" in m["raw"]["per_image"]
