@@ -265,3 +265,23 @@ def test_subject_masks_from_segmenter(tmp_path):
     assert cli.main(["run", str(cfg), "--out", str(out), "-q", "--set", "data.segmenter=grabcut"]) == 0
     m = _strict_json(out / "metrics.json")
     assert "psnr_subject" in m["raw"]["mean"] and "ssim_subject" in m["raw"]["per_image"]
+
+
+def test_plots_wrap_enhanced_and_odd_losses(tmp_path):
+    from matplotlib.image import imread
+
+    from fedleak import plots
+
+    x = torch.rand(10, 3, 8, 8)
+    plots.save_grid(x, x.flip(0), tmp_path / "g.png", psnrs=[float(i) for i in range(10)], enhanced=x,
+                    enhanced_psnrs=[None] * 10)
+    plots.save_grid(x[0], x[1], tmp_path / "one.png")  # a single (C, H, W) image
+    img = imread(tmp_path / "g.png")
+    assert img.shape[0] > img.shape[1] * 0.5  # 2 blocks x 3 rows
+    plots.save_loss([3.0, -1.0, float("nan"), 0.5], tmp_path / "l.png", series={"psnr": [10.0, 11.0]})
+    plots.save_loss([], tmp_path / "empty.png")
+    for f in ("g.png", "one.png", "l.png", "empty.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    with pytest.raises(ValueError):
+        plots.save_grid(x, x[:3], tmp_path / "bad.png")
