@@ -33,7 +33,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-CFG = {"seed": 4, "threads": 1, "data": {"size": 16, "batch_size": 2}, "model": {"name": "lenet"}}
+CFG = {"seed": 4, "threads": 1, "data": {"size": 16, "batch_size": 2}, "model": {"name": "lenet"},
+       "attack": {"name": ATTACK_SETTINGS[0][0]}}  # the config default (rog) may not be registered yet
 
 
 def test_four_line_api():
