@@ -40,6 +40,9 @@ def attack(name: str | dict, view, update, callback=None, **options) -> Reconstr
         name = name["name"]
     fn = ATTACKS.get(name)
     check_kwargs(fn, {**options, "callback": callback}, f"attack {ATTACKS.resolve(name)!r}")
+    validator = getattr(fn, "validate", None)
+    if validator is not None:
+        validator(**options)
     return fn(view, update, callback=callback, **options)
 
 
@@ -56,3 +59,4 @@ def check_attack_config(cfg: dict) -> None:
 
 
 from . import presets  # noqa: E402,F401  (registration)
+from . import imprint  # noqa: E402,F401  (registration: imprint, ldp-imprint)

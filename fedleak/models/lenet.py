@@ -8,8 +8,10 @@ from . import MODELS, activation as act
 
 @MODELS.register("lenet", doc="ROG's LeNet: conv32-conv64 (5x5, pad 2, bias) + maxpools, fc512, fc (no bias)")
 class LeNet(nn.Module):
-    def __init__(self, num_classes=1000, image_size=32, channels=3, width=1.0, activation="relu"):
+    def __init__(self, num_classes=1000, image_size=32, channels=3, width=1.0, activation="relu", init="default"):
         super().__init__()
+        if init not in ("default", "dlg"):
+            raise ValueError(f"lenet init must be 'default' or 'dlg', got {init!r}")
         if image_size % 4:
             raise ValueError(f"lenet needs an image size divisible by 4, got {image_size}")
         c1, c2, hid = int(round(32 * width)), int(round(64 * width)), int(round(512 * width))
@@ -20,6 +22,9 @@ class LeNet(nn.Module):
         self.fc1 = nn.Linear(c2 * (image_size // 4) ** 2, hid, bias=False)
         self.act = act(activation)
         self.fc2 = nn.Linear(hid, num_classes, bias=False)
+        if init == "dlg":  # DLG's reference code: every weight and bias ~ U(-0.5, 0.5)
+            for p in self.parameters():
+                nn.init.uniform_(p, -0.5, 0.5)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(self.features(x).flatten(1))))

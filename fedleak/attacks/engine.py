@@ -1,0 +1,448 @@
+"""The gradient-matching attack engine. Named attacks (``presets.py``) are settings of :func:`run_engine`.
+
+Parts:
+
+* parameterisation of the unknown images: full-resolution ``pixels`` or a ``lowres`` latent upsampled
+  bicubically by ``scale`` (ROG); ``box`` (projected to [0, 1] after each step) or ``sigmoid`` mapping;
+* matching loss: ``l2`` or ``cosine``, per-parameter ``layer_weights``, obfuscation-aware ``aware`` mode;
+* priors: total variation ``tv``; outputs are clamped to [0, 1];
+* optimisers: ``adam`` (optionally ``signed`` steps, as Inverting Gradients), ``lbfgs`` (DLG);
+  schedules ``cosine`` (to ``final_lr_factor`` x lr), ``multistep`` (x0.1 at 3/8, 5/8, 7/8), ``none``;
+* ``restarts`` keeping the lowest matching loss;
+* labels: ``known`` (shared with the server), ``idlg``, ``yin``, ``llg``, ``optimize`` (DLG's joint soft
+  labels) or ``auto`` (known if shared, else idlg for one image, llg for a batch);
+* FedAvg updates are attacked by unrolling the client's local steps (``simulate.ForwardModel.fedavg``).
+
+Long runs checkpoint atomically every ``checkpoint_every`` iterations to ``checkpoint`` and resume from it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, NumericalError
+from . import Reconstruction
+from .labels import METHODS as LABEL_METHODS
+from .labels import recover_labels
+from .matching import Matcher, matching_mode
+from .simulate import ForwardModel
+
+
+@dataclass
+class EngineConfig:
+    iterations: int = 100
+    lr: float = 0.05
+    optimizer: str = "adam"  # adam | lbfgs
+    signed: bool = False  # use sign of the gradient in Adam (Inverting Gradients)
+    schedule: str = "cosine"  # cosine | multistep | none
+    final_lr_factor: float = 0.1
+    param: str = "pixels"  # pixels | lowres
+    scale: int = 4
+    mapping: str = "box"  # box | sigmoid
+    init: str = "uniform"  # uniform | randn | gray
+    loss: str = "l2"  # l2 | cosine
+    layer_weights: Optional[dict[str, float]] = None
+    tv: float = 0.0
+    restarts: int = 1
+    labels: str = "auto"
+    aware: Any = "auto"  # auto | none | mask | sign | quant
+    sign_temperature: float = 1.0
+    fast: bool = True  # Gram/low-rank evaluation of large linear layers
+    big_threshold: int = 1 << 20
+    seed: int = 0
+    threads: Optional[int] = None
+    checkpoint: Optional[str] = None
+    checkpoint_every: int = 50
+    resume: bool = True
+    on_nan: str = "error"  # error | restart (from the last good state)
+    max_nan_restarts: int = 3
+    callback_every: int = 1
+    dtype: str = "float32"  # float32 | float64 (exact matching for tiny cases / L-BFGS)
+
+    def validate(self) -> "EngineConfig":
+        def bad(what, valid):
+            raise ConfigError(f"attack option {what}={getattr(self, what)!r}; valid: {valid}")
+
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ConfigError(f"attack option iterations must be a positive integer, got {self.iterations!r}")
+        if self.iterations > 10_000_000:
+            raise ConfigError(f"attack option iterations={self.iterations} is unreasonably large")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"attack option lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in ("adam", "lbfgs"):
+            bad("optimizer", "adam, lbfgs")
+        if self.schedule not in ("cosine", "multistep", "none"):
+            bad("schedule", "cosine, multistep, none")
+        if self.param not in ("pixels", "lowres"):
+            bad("param", "pixels, lowres")
+        if not isinstance(self.scale, int) or self.scale < 1:
+            raise ConfigError(f"attack option scale must be a positive integer, got {self.scale!r}")
+        if self.mapping not in ("box", "sigmoid"):
+            bad("mapping", "box, sigmoid")
+        if self.init not in ("uniform", "randn", "gray"):
+            bad("init", "uniform, randn, gray")
+        if self.loss not in ("l2", "cosine"):
+            bad("loss", "l2, cosine")
+        if self.labels not in LABEL_METHODS:
+            bad("labels", ", ".join(LABEL_METHODS))
+        if self.dtype not in ("float32", "float64"):
+            bad("dtype", "float32, float64")
+        if self.on_nan not in ("error", "restart"):
+            bad("on_nan", "error, restart")
+        if not isinstance(self.restarts, int) or self.restarts < 1:
+            raise ConfigError(f"attack option restarts must be a positive integer, got {self.restarts!r}")
+        if not (isinstance(self.tv, (int, float)) and self.tv >= 0):
+            raise ConfigError(f"attack option tv must be >= 0, got {self.tv!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ConfigError(f"attack option checkpoint_every must be a positive integer, got {self.checkpoint_every!r}")
+        matching_mode([], self.aware)  # validates the value
+        return self
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+class Latent:
+    """The optimised variable and its map to images in [0, 1]."""
+
+    def __init__(self, cfg: EngineConfig, shape: tuple[int, ...], generator: torch.Generator,
+                 dtype: torch.dtype = torch.float32):
+        b, c, h, w = shape
+        self.cfg = cfg
+        self.size = (h, w)
+        if cfg.param == "lowres":
+            if h % cfg.scale or w % cfg.scale:
+                raise ConfigError(f"image size {h}x{w} is not divisible by attack scale {cfg.scale}")
+            lshape = (b, c, h // cfg.scale, w // cfg.scale)
+        else:
+            lshape = (b, c, h, w)
+        if cfg.init == "uniform":
+            z = torch.rand(lshape, generator=generator)
+        elif cfg.init == "randn":
+            z = torch.randn(lshape, generator=generator)
+            if cfg.mapping == "box":
+                z = (0.5 + 0.25 * z).clamp(0, 1)
+        else:
+            z = torch.full(lshape, 0.5)
+        if cfg.mapping == "sigmoid" and cfg.init != "randn":
+            z = torch.logit(z.clamp(1e-3, 1 - 1e-3))
+        self.z = z.to(dtype).requires_grad_(True)
+
+    def images(self) -> torch.Tensor:
+        z = self.z
+        if self.cfg.mapping == "sigmoid":
+            z = torch.sigmoid(z)
+        if self.cfg.param == "lowres" and self.cfg.scale > 1:
+            z = F.interpolate(z, size=self.size, mode="bicubic", align_corners=False)
+        return z
+
+    @torch.no_grad()
+    def project(self):
+        if self.cfg.mapping == "box":
+            self.z.clamp_(0, 1)
+
+
+def _lr_lambda(cfg: EngineConfig) -> Callable[[int], float]:
+    T = cfg.iterations
+    if cfg.schedule == "cosine":
+        f = cfg.final_lr_factor
+        return lambda t: f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(t, T) / T))
+    if cfg.schedule == "multistep":
+        ms = [int(T * 3 / 8), int(T * 5 / 8), int(T * 7 / 8)]
+        return lambda t: 0.1 ** sum(t >= m for m in ms)
+    return lambda t: 1.0
+
+
+def check_update(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The update must have one tensor per model parameter, with the same shape and finite values."""
+    out = {}
+    for k, p in model.named_parameters():
+        if k not in tensors:
+            raise ConfigError(f"update has no tensor for model parameter {k!r} (does the model match?)")
+        t = tensors[k]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ConfigError(f"update tensor {k!r} has shape {tuple(t.shape)}, model expects {tuple(p.shape)}")
+        if not torch.isfinite(t).all():
+            raise NumericalError(f"update tensor {k!r} contains NaN or Inf")
+        out[k] = t.detach().float()
+    extra = set(tensors) - set(out)
+    if extra:
+        raise ConfigError(f"update has tensors the model does not: {sorted(extra)[:5]}")
+    return out
+
+
+def resolve_labels(cfg: EngineConfig, view, update, model, target) -> tuple[Optional[torch.Tensor], str]:
+    method = cfg.labels
+    if method == "auto":
+        method = "known" if update.labels is not None else ("idlg" if view.batch_size == 1 else "llg")
+    if method == "known":
+        if update.labels is None:
+            raise ConfigError("attack labels=known but the client did not share labels "
+                              "(protocol.share_labels=false); use labels: idlg, yin, llg or optimize")
+        return update.labels.clone().long(), method
+    if method == "optimize":
+        return None, method
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    return recover_labels(method, model, target, view.batch_size, view.image_shape, gen), method
+
+
+def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction:
+    cfg.validate()
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = view.build_model()
+    dtype = getattr(torch, cfg.dtype)
+    model.to(dtype)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    target = check_update(model, update.tensors)
+    if update.kind == "delta":
+        if not update.lr:
+            raise ConfigError("update is a weight delta but its learning rate is unknown")
+        target = {k: v / update.lr for k, v in target.items()}
+    target = {k: v.to(dtype) for k, v in target.items()}
+    labels, label_method = resolve_labels(cfg, view, update, model, target)
+    mode = matching_mode(update.obfuscation, cfg.aware)
+    quant_levels = None
+    if mode == "quant":
+        quant_levels = int(update.obfuscation[-1].get("levels", 0)) or None
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast)
+    weights = None
+    if cfg.layer_weights:
+        weights = {}
+        for k in params:
+            for pat, w in cfg.layer_weights.items():
+                if pat in k:
+                    weights[k] = float(w)
+    matcher = Matcher(target, cfg.loss, mode, weights, tuple(fwd.big), quant_levels, cfg.sign_temperature)
+    fedavg = update.protocol == "fedavg"
+    steps = update.local_steps or 1
+
+    def simulate(x, y, soft):
+        if fedavg:
+            return fwd.fedavg(x, y, update.lr, steps, update.local_batch_size, soft)
+        return fwd.fedsgd(x, y, soft)
+
+    B = view.batch_size
+    shape = (B, *view.image_shape)
+    best: dict[str, Any] = {"loss": math.inf}
+    history: list[float] = []
+    interrupted = False
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
+    state = _load_checkpoint(ckpt, cfg) if (ckpt and cfg.resume) else None
+    start_restart = state["restart"] if state else 0
+    if state:
+        best = state["best"]
+    try:
+        for r in range(start_restart, cfg.restarts):
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
+            res = _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt,
+                           state if (state and state["restart"] == r) else None, best, t_start)
+            state = None
+            history.extend(res["history"])
+            if res["interrupted"]:
+                interrupted = True
+            if res["best_loss"] < best["loss"]:
+                best = {"loss": res["best_loss"], "images": res["best_images"], "labels": res["labels"],
+                        "restart": r}
+            if interrupted:
+                break
+    finally:
+        fwd.close()
+    if "images" not in best:
+        raise NumericalError("the attack produced no finite result")
+    info = {
+        "attack_config": asdict(cfg),
+        "label_method": label_method,
+        "matching_mode": mode,
+        "fast_layers": sorted(fwd.big),
+        "best_loss": best["loss"],
+        "best_restart": best.get("restart"),
+        "seconds": time.perf_counter() - t_start,
+        "interrupted": interrupted,
+        "iterations_run": len(history),
+    }
+    return Reconstruction(images=best["images"].clamp(0, 1).float(), labels=best["labels"], loss_history=history, info=info)
+
+
+def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt, state, best, t_start):
+    latent = Latent(cfg, shape, gen, getattr(torch, cfg.dtype))
+    soft = labels is None
+    label_param = None
+    if soft:
+        label_param = torch.randn((shape[0], view.num_classes), generator=gen).to(latent.z.dtype).requires_grad_(True)
+    variables = [latent.z] + ([label_param] if soft else [])
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(variables, lr=cfg.lr)
+    else:
+        opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=1, history_size=100,
+                                line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    history: list[float] = []
+    run_best = {"loss": math.inf, "images": None}
+    start_it = 0
+    if state is not None:
+        with torch.no_grad():
+            latent.z.copy_(state["z"])
+            if soft:
+                label_param.copy_(state["label_param"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        history = list(state["history"])
+        run_best = state["run_best"]
+        start_it = state["iteration"]
+        torch.set_rng_state(state["torch_rng"])
+    good = _snapshot(latent, label_param, opt, sched, history, run_best, start_it)
+    nan_restarts = 0
+    interrupted = False
+
+    def objective():
+        x = latent.images()
+        y = label_param if soft else labels
+        loss = matcher(simulate(x, y, soft))
+        total = loss + cfg.tv * total_variation(x) if cfg.tv else loss
+        return total, loss
+
+    it = start_it
+    try:
+        while it < cfg.iterations:
+            try:
+                lval = _step(cfg, opt, objective, latent)
+            except _NaN:
+                if cfg.on_nan == "restart" and nan_restarts < cfg.max_nan_restarts:
+                    # roll back to the last good state and continue with half the learning rate
+                    nan_restarts += 1
+                    it = _restore(good, latent, label_param, opt, sched)
+                    history = list(good["history"])
+                    run_best = dict(good["run_best"])
+                    for g in opt.param_groups:
+                        g["lr"] *= 0.5
+                    sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                    continue
+                raise NumericalError(
+                    f"the matching loss became NaN/Inf at iteration {it + 1} (restart {r}); try a lower lr"
+                    + (" or on_nan: restart" if cfg.on_nan == "error" else f" ({nan_restarts} roll-backs did not help)")
+                ) from None
+            latent.project()
+            sched.step()
+            it += 1
+            history.append(lval)
+            if lval < run_best["loss"]:
+                run_best = {"loss": lval, "images": latent.images().detach().clone(),
+                            "labels": labels if not soft else label_param.detach().argmax(1)}
+            if callback is not None and (it % cfg.callback_every == 0 or it == cfg.iterations):
+                callback({"iteration": it, "iterations": cfg.iterations, "restart": r, "restarts": cfg.restarts,
+                          "loss": lval, "best_loss": min(run_best["loss"], best["loss"]),
+                          "elapsed": time.perf_counter() - t_start,
+                          "images": lambda: latent.images().detach().clamp(0, 1)})
+            if it % cfg.checkpoint_every == 0:
+                good = _snapshot(latent, label_param, opt, sched, history, run_best, it)
+                if ckpt is not None:
+                    _save_checkpoint(ckpt, cfg, r, good, best)
+    except KeyboardInterrupt:
+        interrupted = True
+    if run_best["images"] is None:
+        run_best = {"loss": math.inf, "images": latent.images().detach().clone(),
+                    "labels": labels if not soft else label_param.detach().argmax(1)}
+    return {"history": history, "best_loss": run_best["loss"], "best_images": run_best["images"],
+            "labels": run_best.get("labels"), "interrupted": interrupted}
+
+
+class _NaN(Exception):
+    pass
+
+
+def _step(cfg, opt, objective, latent) -> float:
+    if cfg.optimizer == "adam":
+        opt.zero_grad(set_to_none=True)
+        total, loss = objective()
+        if not torch.isfinite(total):
+            raise _NaN()
+        total.backward()
+        if not torch.isfinite(latent.z.grad).all():
+            raise _NaN()
+        if cfg.signed:
+            latent.z.grad.sign_()
+        opt.step()
+        return float(loss.detach())
+    vals = {}
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        total, loss = objective()
+        if not torch.isfinite(total):
+            raise _NaN()
+        total.backward()
+        vals["loss"] = float(loss.detach())
+        return total
+
+    opt.step(closure)
+    return vals["loss"]
+
+
+def _restore(snap, latent, label_param, opt, sched) -> int:
+    import copy
+
+    with torch.no_grad():
+        latent.z.copy_(snap["z"])
+        if label_param is not None:
+            label_param.copy_(snap["label_param"])
+    opt.load_state_dict(copy.deepcopy(snap["opt"]))
+    sched.load_state_dict(snap["sched"])
+    return snap["iteration"]
+
+
+def _snapshot(latent, label_param, opt, sched, history, run_best, it):
+    import copy
+
+    return {
+        "z": latent.z.detach().clone(),
+        "label_param": None if label_param is None else label_param.detach().clone(),
+        "opt": copy.deepcopy(opt.state_dict()),
+        "sched": sched.state_dict(),
+        "history": list(history),
+        "run_best": {k: (v.clone() if torch.is_tensor(v) else v) for k, v in run_best.items()},
+        "iteration": it,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _config_key(cfg: EngineConfig) -> dict:
+    d = asdict(cfg)
+    for k in ("checkpoint", "checkpoint_every", "resume", "threads", "callback_every", "iterations"):
+        d.pop(k, None)
+    return d
+
+
+def _save_checkpoint(path: Path, cfg: EngineConfig, restart: int, snap: dict, best: dict) -> None:
+    from ..runio import atomic_path
+
+    payload = {"version": 1, "config": _config_key(cfg), "restart": restart, "best": best, **snap}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, cfg: EngineConfig) -> Optional[dict]:
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); delete it to start over") from None
+    if state.get("config") != _config_key(cfg):
+        raise ConfigError(f"checkpoint {str(path)!r} was made with different attack settings; delete it to start over")
+    return state
