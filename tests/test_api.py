@@ -48,7 +48,7 @@ def test_four_line_api():
     assert set(res["mean"]) >= {"psnr", "ssim", "ssim_rog", "perceptual"}
     assert sorted(res["permutation"]) == [0, 1]
     assert isinstance(case.server_view(), fedleak.ServerView)
-    assert isinstance(fedleak.load_config(None), fedleak.RunConfig)
+    assert isinstance(fedleak.load_config(None, [f"attack.name={name}"]), fedleak.RunConfig)
     assert callable(fedleak.run)
 
 
