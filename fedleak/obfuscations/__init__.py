@@ -162,3 +162,4 @@ def build_pipeline(steps: list[dict] | None) -> Pipeline:
 
 
 from . import basic  # noqa: E402,F401  (registration)
+from . import quantization, sparsification, noise, dp  # noqa: E402,F401  (registration)
