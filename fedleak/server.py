@@ -29,3 +29,6 @@ def check_server_config(cfg: dict) -> None:
 def apply_scenario(case, cfg: dict) -> None:
     scenario = SCENARIOS.build(cfg["name"], **{k: v for k, v in cfg.items() if k != "name"})
     scenario.apply(case)
+
+
+from . import imprint  # noqa: E402,F401  (registers malicious-imprint)

@@ -115,27 +115,51 @@ def _dct_matrix(n: int) -> torch.Tensor:
     return m
 
 
-def sliding_dct_filter(x: torch.Tensor, halfwidth: float, patch: int = 8) -> torch.Tensor:
-    """Keep only the coefficients outside [-halfwidth, halfwidth] in every overlapping patch x patch block
-    DCT (after an orthonormal colour transform for 3 channels), invert and average the overlapping
-    estimates. ``x``: (C, H, W) float64."""
+def _patch_transform(y: torch.Tensor, p: int):
     import torch.nn.functional as F
 
+    c, h, w = y.shape
+    cols = F.unfold(y[None], p)  # (1, c * p * p, L)
+    L = cols.shape[-1]
+    d = _dct_matrix(p)
+    K = torch.kron(d, d)  # orthonormal 2-D DCT on row-major p x p patches
+    return K, K @ cols.reshape(c, p * p, L), L
+
+
+def _patch_aggregate(K, coef, weights, shape, p):
+    import torch.nn.functional as F
+
+    c, h, w = shape
+    L = coef.shape[-1]
+    rec = (K.T @ coef) * weights[None, None, :]  # weights: (L,) per patch position
+    num = F.fold(rec.reshape(1, c * p * p, L), (h, w), p)[0]
+    den = F.fold(weights.expand(p * p, L)[None].contiguous(), (h, w), p)[0]
+    return num / den
+
+
+def sliding_dct_filter(x: torch.Tensor, halfwidth: float, patch: int = 8, sigma: Optional[float] = None,
+                       wiener: bool = True) -> torch.Tensor:
+    """Keep only the coefficients outside [-halfwidth, halfwidth] in every overlapping patch x patch block
+    DCT (after an orthonormal colour transform for 3 channels), invert and average the overlapping
+    estimates, each patch weighted by 1 / (number of kept coefficients) (Yu & Sapiro 2011; BM3D-style).
+
+    With ``wiener`` and the noise std ``sigma``, a second pass shrinks the *noisy* coefficients by the
+    empirical Wiener factor ``e^2 / (e^2 + sigma^2)``, ``e`` being the first pass's estimate (the second
+    stage of BM3D without block matching). ``x``: (C, H, W) float64."""
     c, h, w = x.shape
     p = max(1, min(patch, h, w))
     y = torch.einsum("ij,jhw->ihw", _COLOUR, x) if c == 3 else x
-    cols = F.unfold(y[None], p)  # (1, c * p * p, L)
-    L = cols.shape[-1]
-    cols = cols.reshape(c, p * p, L)
-    d = _dct_matrix(p)
-    K = torch.kron(d, d)  # orthonormal 2-D DCT on row-major p x p patches
-    coef = K @ cols
-    coef = coef * (coef.abs() > halfwidth)
-    rec = (K.T @ coef).reshape(1, c * p * p, L)
-    num = F.fold(rec, (h, w), p)[0]
-    den = F.fold(torch.ones(1, p * p, L, dtype=x.dtype), (h, w), p)[0]
-    y2 = num / den
-    return torch.einsum("ji,jhw->ihw", _COLOUR, y2) if c == 3 else y2
+    K, coef, L = _patch_transform(y, p)
+    keep = coef.abs() > halfwidth
+    kept = coef * keep
+    wts = 1.0 / keep.sum(dim=(0, 1)).clamp(min=1).double()
+    y1 = _patch_aggregate(K, kept, wts, (c, h, w), p)
+    if wiener and sigma is not None and sigma > 0:
+        _, pilot, _ = _patch_transform(y1, p)
+        g = pilot**2 / (pilot**2 + sigma**2)
+        wts2 = 1.0 / (g**2).sum(dim=(0, 1)).clamp(min=1e-12)
+        y1 = _patch_aggregate(K, coef * g, wts2, (c, h, w), p)
+    return torch.einsum("ji,jhw->ihw", _COLOUR, y1) if c == 3 else y1
 
 
 # ---------------------------------------------------------------------------------------- segmentation
@@ -233,18 +257,21 @@ def _mean_image(lay, shift):
 # -------------------------------------------------------------------------------------------- attacks
 @ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)")
 def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> Reconstruction:
-    """Plain readout: ``x = (row_j - row_{j+1})_W / (row_j - row_{j+1})_b + shift`` for every bin whose bias
-    difference is non-zero (relative ``tolerance``); the B largest |db| are returned."""
+    """Plain readout, ``x = dW / db + shift``: for the nested layout ``d`` is the difference of adjacent rows,
+    for the window layout the row itself. Every bin with a non-zero bias entry (relative ``tolerance``) is a
+    sample; the B with the largest |db| are returned."""
     lay = _layout(view)
     R, shift, _ = _rows(view, update, lay)
     lo, hi = lay["value_range"]
     shape = tuple(lay["image_shape"])
     B = int(view.batch_size)
+    window = lay.get("layout") == "window"
     diffs = []
     for fam in lay["families"]:
         rows = R[fam["units"]]
-        nxt = torch.cat([rows[1:], torch.zeros_like(rows[:1])])
-        for j, d in enumerate(rows - nxt):
+        if not window:
+            rows = rows - torch.cat([rows[1:], torch.zeros_like(rows[:1])])
+        for j, d in enumerate(rows):
             diffs.append((fam, j + 1, d))
     scale = max((abs(float(d[-1])) for _, _, d in diffs), default=0.0)
     cands = []
@@ -254,22 +281,50 @@ def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> R
             continue
         img = d[:-1] / db + shift
         cands.append({"image": img, "score": abs(db), "bin": [fam["direction"], j, list(_bin_of(fam, j, lo, hi))]})
-    info = {"attack": "imprint"}
+    info = {"attack": "imprint", "layout": lay.get("layout", "nested")}
     if "imprint_report" in (view.extra or {}):
         info["structure_report"] = view.extra["imprint_report"]
     return _finish(cands, B, shape, _mean_image(lay, shift), info)
 
 
+def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, a: Optional[torch.Tensor], shape, dist: str,
+             confidence: float, ci_scale: float, filter_domain: str, patch: int, wiener: bool
+             ) -> Optional[torch.Tensor]:
+    """Centred image ``z / c`` from one sample's (weights, bias) vector ``d`` with noise std ``s_d``."""
+    # 4a. per-sample scale c: bias entry, and a . dW = c * v with v inside the bin [blo, bhi]
+    c_b, var_b = float(d[-1]), s_d**2
+    c_hat = c_b
+    if a is not None:
+        vmid, width = (blo + bhi) / 2, (bhi - blo)
+        if abs(vmid) > 1e-12:
+            c_a = float(a @ d[:-1]) / vmid
+            var_a = (s_d**2 * float(a @ a) + (c_a * width) ** 2 / 12.0) / vmid**2
+            if var_a > 0 and var_b > 0:
+                c_hat = (c_b / var_b + c_a / var_a) / (1 / var_b + 1 / var_a)
+            elif var_b == 0:
+                c_hat = c_b
+    if c_hat == 0:
+        return None
+    # 3. keep only coefficients outside the scaled confidence interval
+    h = interval_halfwidth(s_d, dist, confidence, ci_scale)
+    z = d[:-1]
+    if filter_domain == "dct":
+        z = sliding_dct_filter(z.reshape(shape), h, patch, s_d, wiener).reshape(-1)
+    elif filter_domain == "pixel":
+        z = z * (z.abs() > h)
+    return z / c_hat
+
+
 @ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining")
 def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995, ci_scale: float = 1.0,
                        segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
-                       dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
+                       wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
     """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
 
-    ``confidence`` / ``ci_scale``: the coefficient filter's interval; ``segment_confidence``: the interval
-    behind the segmentation penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size;
-    ``dedup``: correlation above which two readouts are merged; ``distribution``: auto (estimated) |
-    gaussian | laplace.
+    ``confidence`` / ``ci_scale``: the coefficient filter's interval (``ci_scale`` also scales the
+    detection interval); ``segment_confidence``: the interval behind the detection / segmentation
+    penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size; ``dedup``: correlation above
+    which two readouts are merged; ``distribution``: auto (estimated) | gaussian | laplace.
     """
     if filter_domain not in ("dct", "pixel", "none"):
         raise ConfigError(f"filter_domain must be dct, pixel or none, got {filter_domain!r}")
@@ -288,6 +343,7 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
     shape = tuple(lay["image_shape"])
     B = int(view.batch_size)
     D = R.shape[1]
+    window = lay.get("layout") == "window"
 
     # 1. noise scale and distribution from the probe units (true gradient exactly 0)
     noise = estimate_noise(R[lay["probes"]])
@@ -298,12 +354,31 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
     floor = 1e-6 * float(fam_rows.pow(2).mean().sqrt())  # float rounding when there is no noise at all
     sigma = max(noise["sigma"], floor)
     k4 = 2.5 if dist == "laplace" else 1.0  # Var(e^2) / (2 sigma^4)
+    opts = dict(a=a, shape=shape, dist=dist, confidence=confidence, ci_scale=ci_scale,
+                filter_domain=filter_domain, patch=patch, wiener=bool(wiener))
 
     cands: list[dict] = []
     for fam in lay["families"]:
         X = R[fam["units"]]
         M = X.shape[0]
         kappa = float(ndtri(1 - (1 - segment_confidence) / max(1, M)))
+        if window:
+            # each row is one bin: it holds a sample iff its energy leaves the chi-square interval of noise
+            thr = 1.0 + ci_scale * kappa * math.sqrt(2 * k4 / D)
+            kappa2 = float(ndtri(1 - (1 - segment_confidence) / max(1, 2 * M)))  # two-sided projection test
+            for j in range(M):
+                d = X[j]
+                energy = float(d.pow(2).sum()) / (sigma**2 * D)
+                # matched direction: a . dW = c * v concentrates the whole sample in one number
+                proj = abs(float(a @ d[:-1])) / (sigma * float(a.norm())) if a is not None else 0.0
+                if energy <= thr and proj <= ci_scale * kappa2:
+                    continue
+                blo, bhi = _bin_of(fam, j + 1, lo, hi)
+                z = _readout(d, sigma, blo, bhi, **opts)
+                if z is not None:
+                    cands.append({"image": z + shift, "score": max(energy - 1.0, 0.0) * D + proj**2,
+                                  "bin": [fam["direction"], j + 1, [blo, bhi]], "rows": [1]})
+            continue
         penalty = sigma**2 * (D + ci_scale * kappa * math.sqrt(2 * D * k4))
         # 2. combine redundant rows: constant segments, zero beyond the outermost threshold
         segs, tail = segment_rows(X, penalty)
@@ -315,28 +390,10 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
             s_d = sigma * math.sqrt(vf)
             energy = float(d.pow(2).sum()) / (s_d**2 * D)
             blo, bhi = _bin_of(fam, j1, lo, hi)
-            # 4a. per-sample scale: bias difference and characteristic a . dW = c * v, v in [blo, bhi]
-            c_b, var_b = float(d[-1]), s_d**2
-            c_hat = c_b
-            if a is not None:
-                vmid, width = (blo + bhi) / 2, (bhi - blo)
-                if abs(vmid) > 1e-12:
-                    c_a = float(a @ d[:-1]) / vmid
-                    var_a = (s_d**2 * float(a @ a) + (c_a * width) ** 2 / 12.0) / vmid**2
-                    if var_a > 0:
-                        c_hat = (c_b / var_b + c_a / var_a) / (1 / var_b + 1 / var_a)
-            # 3. keep only coefficients outside the scaled confidence interval
-            h = interval_halfwidth(s_d, dist, confidence, ci_scale)
-            z = d[:-1]
-            if filter_domain == "dct":
-                z = sliding_dct_filter(z.reshape(shape), h, patch).reshape(-1)
-            elif filter_domain == "pixel":
-                z = z * (z.abs() > h)
-            if c_hat == 0:
-                continue
-            img = z / c_hat + shift
-            cands.append({"image": img, "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
-                          "rows": [n1, None if math.isinf(n2) else n2]})
+            z = _readout(d, s_d, blo, bhi, **opts)
+            if z is not None:
+                cands.append({"image": z + shift, "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
+                              "rows": [n1, None if math.isinf(n2) else n2]})
 
     # 5. de-duplicate: merge readouts that are strongly correlated
     merged = 0
@@ -360,9 +417,9 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
             dup["image"] = dup["centred"] + mean_img
             dup["score"] = w1 + w2
             merged += 1
-    info = {"attack": "ldp-imprint", "noise": noise, "distribution_used": dist, "sigma_used": sigma,
-            "candidates": len(cands), "merged_duplicates": merged, "filter_domain": filter_domain,
-            "confidence": confidence, "ci_scale": ci_scale}
+    info = {"attack": "ldp-imprint", "layout": lay.get("layout", "nested"), "noise": noise,
+            "distribution_used": dist, "sigma_used": sigma, "candidates": len(cands), "merged_duplicates": merged,
+            "filter_domain": filter_domain, "confidence": confidence, "ci_scale": ci_scale}
     if "imprint_report" in (view.extra or {}):
         info["structure_report"] = view.extra["imprint_report"]
     return _finish(keep, B, shape, mean_img, info)
