@@ -93,14 +93,15 @@ class RunConfig(_Strict):
 
     @field_validator("attack", "enhancer", "server", mode="before")
     @classmethod
-    def _named(cls, v):
+    def _named(cls, v, info):
+        default = {"attack": "rog", "enhancer": "none", "server": "honest"}[info.field_name]
         if isinstance(v, str):
             return {"name": v}
         if v is None:
-            return {"name": "none"}
-        if not isinstance(v, dict) or "name" not in v:
+            return {"name": default}
+        if not isinstance(v, dict):
             raise ValueError("must be a name or a mapping with a 'name'")
-        return dict(v)
+        return {"name": default, **v}
 
     @model_validator(mode="after")
     def _check(self):

@@ -45,7 +45,7 @@ class EngineConfig:
     final_lr_factor: float = 0.1
     param: str = "pixels"  # pixels | lowres
     scale: int = 4
-    mapping: str = "box"  # box | sigmoid
+    mapping: str = "box"  # box (project to [0,1]) | sigmoid | none (unconstrained; output clamped)
     init: str = "uniform"  # uniform | randn | gray
     loss: str = "l2"  # l2 | cosine
     layer_weights: Optional[dict[str, float]] = None
@@ -64,6 +64,8 @@ class EngineConfig:
     on_nan: str = "error"  # error | restart (from the last good state)
     max_nan_restarts: int = 3
     callback_every: int = 1
+    lbfgs_inner: int = 1  # L-BFGS iterations per outer iteration
+    line_search: Optional[str] = "strong_wolfe"  # L-BFGS line search (None: fixed step lr, as DLG)
     dtype: str = "float32"  # float32 | float64 (exact matching for tiny cases / L-BFGS)
 
     def validate(self) -> "EngineConfig":
@@ -84,8 +86,8 @@ class EngineConfig:
             bad("param", "pixels, lowres")
         if not isinstance(self.scale, int) or self.scale < 1:
             raise ConfigError(f"attack option scale must be a positive integer, got {self.scale!r}")
-        if self.mapping not in ("box", "sigmoid"):
-            bad("mapping", "box, sigmoid")
+        if self.mapping not in ("box", "sigmoid", "none"):
+            bad("mapping", "box, sigmoid, none")
         if self.init not in ("uniform", "randn", "gray"):
             bad("init", "uniform, randn, gray")
         if self.loss not in ("l2", "cosine"):
@@ -289,8 +291,8 @@ def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(variables, lr=cfg.lr)
     else:
-        opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=1, history_size=100,
-                                line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=cfg.lbfgs_inner, history_size=100,
+                                line_search_fn=cfg.line_search, tolerance_grad=1e-12, tolerance_change=1e-14)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     history: list[float] = []
     run_best = {"loss": math.inf, "images": None}

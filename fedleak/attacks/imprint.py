@@ -2,7 +2,8 @@
 
 ``imprint``
     Plain Robbing-the-Fed readout, no denoising: in each family of nested rows the difference of adjacent
-    rows isolates one bin; every bin with a non-zero bias difference gives ``x = dW / db + shift``. The B
+    rows isolates one bin (window layout: each row is one bin); every bin with a non-zero bias entry gives
+    ``x = dW / db + shift_i`` (``shift_i`` the unit's reference image). The B
     bins with the largest |db| are returned.
 
 ``ldp-imprint``
@@ -28,7 +29,7 @@
        orthonormal basis where natural images are sparse and i.i.d. noise stays i.i.d. with the same std:
        an orthonormal colour transform followed by all overlapping 8x8 DCT blocks (hard thresholding, the
        overlapping estimates averaged); ``"pixel"`` filters the weight-row entries themselves; ``"none"``.
-    4. **Readout.** ``x = dW / c + shift`` with the per-sample scale ``c`` estimated from the bias difference
+    4. **Readout.** ``x = dW / c + shift_i`` with the per-sample scale ``c`` estimated from the bias difference
        and -- because ``a . z = v`` lies inside the sample's bin -- from ``(a . dW) / v_mid`` as well; the
        two are combined by inverse-variance weighting (without noise the bias ratio is exact).
     5. **De-duplication.** Candidates whose readouts correlate above ``dedup`` are merged (SNR-weighted).
@@ -212,20 +213,35 @@ def _layout(view) -> dict:
     return lay
 
 
-def _rows(view, update, lay) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    t = update.tensors
-    for k in (lay["weight"], lay["bias"]):
-        if k not in t:
-            raise ConfigError(f"the update has no tensor {k!r} (was the imprint structure sent to this client?)")
-    W = t[lay["weight"]].detach().double()
-    b = t[lay["bias"]].detach().double()
-    if not torch.isfinite(W).all() or not torch.isfinite(b).all():
-        raise ConfigError("the imprint rows of the update contain NaN/Inf")
-    gs = view.global_state
-    shift = gs[lay["shift"]].detach().double() if lay.get("shift") in gs else torch.zeros(W.shape[1], dtype=torch.float64)
-    a = gs[lay["direction"]].detach().double() if lay.get("direction") in gs else None
-    R = torch.cat([W, b[:, None]], 1)  # (units, d + 1): weights then bias
-    return R, shift, a
+class _Rows:
+    """The imprint rows of the update as (units, pixels [+ const] + bias) and the server's buffers."""
+
+    def __init__(self, view, update, lay):
+        t = update.tensors
+        for k in (lay["weight"], lay["bias"]):
+            if k not in t:
+                raise ConfigError(f"the update has no tensor {k!r} (was the imprint structure sent to this client?)")
+        W = t[lay["weight"]].detach().double()
+        b = t[lay["bias"]].detach().double()
+        if not torch.isfinite(W).all() or not torch.isfinite(b).all():
+            raise ConfigError("the imprint rows of the update contain NaN/Inf")
+        self.npix = int(lay.get("pixels", W.shape[1]))
+        self.const = float(lay["const"]) if self.npix < W.shape[1] and float(lay.get("const", 0)) > 0 else None
+        gs = view.global_state
+        shift = (gs[lay["shift"]].detach().double() if lay.get("shift") in gs
+                 else torch.zeros(self.npix, dtype=torch.float64))
+        self.shifts = shift if shift.dim() == 2 else shift[None].expand(W.shape[0], -1)  # per unit
+        self.offsets = [float(o) for o in lay.get("value_offsets", [0.0] * W.shape[0])]
+        self.a = gs[lay["direction"]].detach().double() if lay.get("direction") in gs else None
+        self.R = torch.cat([W, b[:, None]], 1)  # (units, pixels [+ const] + bias)
+
+    def scale_obs(self, d: torch.Tensor) -> tuple[float, float]:
+        """Best linear estimate of the per-sample scale c from the bias and const entries of ``d`` and the
+        factor f such that its noise std is f * (noise std of one entry)."""
+        if self.const is None:
+            return float(d[-1]), 1.0
+        g = self.const
+        return (float(d[-1]) + g * float(d[self.npix])) / (1 + g * g), 1.0 / math.sqrt(1 + g * g)
 
 
 def _bin_of(fam: dict, j: int, lo: float, hi: float) -> tuple[float, float]:
@@ -249,19 +265,20 @@ def _finish(cands: list[dict], B: int, shape, mean_img: torch.Tensor, info: dict
     return Reconstruction(images=out, info=info)
 
 
-def _mean_image(lay, shift):
+def _mean_image(lay, rows: "_Rows") -> torch.Tensor:
     pm = lay.get("public_mean")
-    return torch.tensor(pm, dtype=torch.float64) if pm is not None else shift.clone()
+    return torch.tensor(pm, dtype=torch.float64) if pm is not None else rows.shifts.mean(0)
 
 
 # -------------------------------------------------------------------------------------------- attacks
 @ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)")
 def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> Reconstruction:
-    """Plain readout, ``x = dW / db + shift``: for the nested layout ``d`` is the difference of adjacent rows,
+    """Plain readout, ``x = dW / db + shift_i``: for the nested layout ``d`` is the difference of adjacent rows,
     for the window layout the row itself. Every bin with a non-zero bias entry (relative ``tolerance``) is a
     sample; the B with the largest |db| are returned."""
     lay = _layout(view)
-    R, shift, _ = _rows(view, update, lay)
+    rows_ = _Rows(view, update, lay)
+    R, npix = rows_.R, rows_.npix
     lo, hi = lay["value_range"]
     shape = tuple(lay["image_shape"])
     B = int(view.batch_size)
@@ -272,42 +289,44 @@ def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> R
         if not window:
             rows = rows - torch.cat([rows[1:], torch.zeros_like(rows[:1])])
         for j, d in enumerate(rows):
-            diffs.append((fam, j + 1, d))
-    scale = max((abs(float(d[-1])) for _, _, d in diffs), default=0.0)
+            diffs.append((fam, j + 1, d, fam["units"][j]))
+    scale = max((abs(float(d[-1])) for _, _, d, _ in diffs), default=0.0)
     cands = []
-    for fam, j, d in diffs:
+    for fam, j, d, unit in diffs:
         db = float(d[-1])
         if scale == 0 or abs(db) <= tolerance * scale:
             continue
-        img = d[:-1] / db + shift
+        img = d[:npix] / db + rows_.shifts[unit]
         cands.append({"image": img, "score": abs(db), "bin": [fam["direction"], j, list(_bin_of(fam, j, lo, hi))]})
     info = {"attack": "imprint", "layout": lay.get("layout", "nested")}
     if "imprint_report" in (view.extra or {}):
         info["structure_report"] = view.extra["imprint_report"]
-    return _finish(cands, B, shape, _mean_image(lay, shift), info)
+    return _finish(cands, B, shape, _mean_image(lay, rows_), info)
 
 
-def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, a: Optional[torch.Tensor], shape, dist: str,
+def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, unit: int, rows: "_Rows", shape, dist: str,
              confidence: float, ci_scale: float, filter_domain: str, patch: int, wiener: bool
              ) -> Optional[torch.Tensor]:
-    """Centred image ``z / c`` from one sample's (weights, bias) vector ``d`` with noise std ``s_d``."""
-    # 4a. per-sample scale c: bias entry, and a . dW = c * v with v inside the bin [blo, bhi]
-    c_b, var_b = float(d[-1]), s_d**2
+    """Centred image ``z / c`` from one sample's row vector ``d`` (pixels [, const], bias) with noise std
+    ``s_d`` per entry."""
+    npix, a = rows.npix, rows.a
+    # 4a. per-sample scale c: bias (+ boosted const) entries, and a . dW = c (v - offset), v in [blo, bhi]
+    offset = rows.offsets[unit]
+    c_b, f_b = rows.scale_obs(d)
+    var_b = (f_b * s_d) ** 2
     c_hat = c_b
-    if a is not None:
-        vmid, width = (blo + bhi) / 2, (bhi - blo)
+    if a is not None and var_b > 0:
+        vmid, width = (blo + bhi) / 2 - offset, (bhi - blo)
         if abs(vmid) > 1e-12:
-            c_a = float(a @ d[:-1]) / vmid
+            c_a = float(a @ d[:npix]) / vmid
             var_a = (s_d**2 * float(a @ a) + (c_a * width) ** 2 / 12.0) / vmid**2
-            if var_a > 0 and var_b > 0:
+            if var_a > 0:
                 c_hat = (c_b / var_b + c_a / var_a) / (1 / var_b + 1 / var_a)
-            elif var_b == 0:
-                c_hat = c_b
     if c_hat == 0:
         return None
     # 3. keep only coefficients outside the scaled confidence interval
     h = interval_halfwidth(s_d, dist, confidence, ci_scale)
-    z = d[:-1]
+    z = d[:npix]
     if filter_domain == "dct":
         z = sliding_dct_filter(z.reshape(shape), h, patch, s_d, wiener).reshape(-1)
     elif filter_domain == "pixel":
@@ -316,7 +335,7 @@ def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, a: Optional[to
 
 
 @ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining")
-def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995, ci_scale: float = 1.0,
+def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99, ci_scale: float = 1.0,
                        segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
                        wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
     """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
@@ -338,7 +357,8 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
     from scipy.special import ndtri
 
     lay = _layout(view)
-    R, shift, a = _rows(view, update, lay)
+    rows_ = _Rows(view, update, lay)
+    R = rows_.R
     lo, hi = lay["value_range"]
     shape = tuple(lay["image_shape"])
     B = int(view.batch_size)
@@ -354,7 +374,7 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
     floor = 1e-6 * float(fam_rows.pow(2).mean().sqrt())  # float rounding when there is no noise at all
     sigma = max(noise["sigma"], floor)
     k4 = 2.5 if dist == "laplace" else 1.0  # Var(e^2) / (2 sigma^4)
-    opts = dict(a=a, shape=shape, dist=dist, confidence=confidence, ci_scale=ci_scale,
+    opts = dict(rows=rows_, shape=shape, dist=dist, confidence=confidence, ci_scale=ci_scale,
                 filter_domain=filter_domain, patch=patch, wiener=bool(wiener))
 
     cands: list[dict] = []
@@ -369,14 +389,16 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
             for j in range(M):
                 d = X[j]
                 energy = float(d.pow(2).sum()) / (sigma**2 * D)
-                # matched direction: a . dW = c * v concentrates the whole sample in one number
-                proj = abs(float(a @ d[:-1])) / (sigma * float(a.norm())) if a is not None else 0.0
+                # the scale entries (bias + boosted const) concentrate the sample's presence in one number
+                c_obs, f_obs = rows_.scale_obs(d)
+                proj = abs(c_obs) / (f_obs * sigma)
                 if energy <= thr and proj <= ci_scale * kappa2:
                     continue
                 blo, bhi = _bin_of(fam, j + 1, lo, hi)
-                z = _readout(d, sigma, blo, bhi, **opts)
+                unit = fam["units"][j]
+                z = _readout(d, sigma, blo, bhi, unit, **opts)
                 if z is not None:
-                    cands.append({"image": z + shift, "score": max(energy - 1.0, 0.0) * D + proj**2,
+                    cands.append({"image": z + rows_.shifts[unit], "score": max(energy - 1.0, 0.0) * D + proj**2,
                                   "bin": [fam["direction"], j + 1, [blo, bhi]], "rows": [1]})
             continue
         penalty = sigma**2 * (D + ci_scale * kappa * math.sqrt(2 * D * k4))
@@ -390,16 +412,17 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.995
             s_d = sigma * math.sqrt(vf)
             energy = float(d.pow(2).sum()) / (s_d**2 * D)
             blo, bhi = _bin_of(fam, j1, lo, hi)
-            z = _readout(d, s_d, blo, bhi, **opts)
+            unit = fam["units"][j1 - 1]  # nested layout: every row has the same reference image
+            z = _readout(d, s_d, blo, bhi, unit, **opts)
             if z is not None:
-                cands.append({"image": z + shift, "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
+                cands.append({"image": z + rows_.shifts[unit], "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
                               "rows": [n1, None if math.isinf(n2) else n2]})
 
     # 5. de-duplicate: merge readouts that are strongly correlated
     merged = 0
     keep: list[dict] = []
-    mean_img = _mean_image(lay, shift)
-    for c in cands:  # compare readouts relative to the public mean image (shift keeps the v component)
+    mean_img = _mean_image(lay, rows_)
+    for c in cands:  # compare readouts relative to the public mean image
         c["centred"] = c["image"] - mean_img
     for c in sorted(cands, key=lambda c: -c["score"]):
         dup = None

@@ -149,7 +149,8 @@ class _STEUniform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, levels):
         m = g.abs().max().clamp_min(1e-30)
-        return torch.sign(g) * torch.round(g.abs() / m * levels) / levels * m
+        q = max(1, levels - 1)  # `levels` counts zero: grid {0, 1/(s-1), ..., 1} x max|g|, as fedleak.obfuscations
+        return torch.sign(g) * torch.round(g.abs() / m * q) / q * m
 
     @staticmethod
     def backward(ctx, grad):

@@ -2,7 +2,9 @@
 
 =====================  ==============================================================================
 ``dlg``                Deep Leakage from Gradients (Zhu et al., NeurIPS 2019): full-resolution pixels,
-                       N(0,1)-style init, squared L2, L-BFGS (lr 1), dummy labels optimised jointly.
+                       unconstrained, squared L2, L-BFGS as in its reference code (lr 1, 20 inner
+                       iterations per outer iteration, no line search; 50 outer iterations), dummy
+                       labels optimised jointly.
 ``idlg``               iDLG (Zhao et al., 2020): DLG with the label read off the last layer's gradient.
 ``inverting-gradients``Inverting Gradients (Geiping et al., NeurIPS 2020): cosine similarity, TV prior,
                        signed Adam (lr 0.1), step decay at 3/8, 5/8, 7/8, box constraint.
@@ -25,10 +27,10 @@ from . import ATTACKS, Reconstruction
 from .engine import EngineConfig, run_engine
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "dlg": dict(iterations=300, lr=1.0, optimizer="lbfgs", schedule="none", param="pixels", mapping="box",
-                init="uniform", loss="l2", labels="optimize"),
-    "idlg": dict(iterations=300, lr=1.0, optimizer="lbfgs", schedule="none", param="pixels", mapping="box",
-                 init="uniform", loss="l2", labels="auto"),
+    "dlg": dict(iterations=50, lr=1.0, optimizer="lbfgs", lbfgs_inner=20, line_search=None, schedule="none",
+                param="pixels", mapping="none", init="uniform", loss="l2", labels="optimize"),
+    "idlg": dict(iterations=50, lr=1.0, optimizer="lbfgs", lbfgs_inner=20, line_search=None, schedule="none",
+                 param="pixels", mapping="none", init="uniform", loss="l2", labels="auto"),
     "inverting-gradients": dict(iterations=1000, lr=0.1, optimizer="adam", signed=True, schedule="multistep",
                                 param="pixels", mapping="box", init="randn", loss="cosine", tv=1e-4,
                                 labels="auto"),

@@ -28,3 +28,25 @@ class LeNet(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(self.features(x).flatten(1))))
+
+
+@MODELS.register("lenet-dlg", doc="DLG's LeNet: 3 sigmoid convs (12 ch, 5x5, strides 2/2/1), one fc; U(-0.5,0.5) init")
+class LeNetDLG(nn.Module):
+    """The small LeNet of the DLG/iDLG reference code (Zhu et al. 2019): no pooling, sigmoid activations,
+    every weight drawn from U(-0.5, 0.5). A smooth, injective-enough victim on which DLG converges."""
+
+    def __init__(self, num_classes=1000, image_size=32, channels=3, width=1.0, activation="sigmoid"):
+        super().__init__()
+        c = max(1, int(round(12 * width)))
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, c, 5, padding=2, stride=2), act(activation),
+            nn.Conv2d(c, c, 5, padding=2, stride=2), act(activation),
+            nn.Conv2d(c, c, 5, padding=2, stride=1), act(activation),
+        )
+        side = -(-(-(-image_size // 2)) // 2)
+        self.fc = nn.Linear(c * side * side, num_classes)
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.5, 0.5)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
