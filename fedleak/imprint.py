@@ -101,7 +101,13 @@ def public_files(public: str = "auto", exclude_builtin: bool = True) -> list[Pat
 def public_crops(size: int, count: int, seed: int = 0, public: str = "auto",
                  exclude_builtin: bool = True, min_frac: float = 0.3) -> torch.Tensor:
     """``count`` random square crops (side 30..100 % of the shorter side, random flips) of the public
-    photos, resized to ``size`` -> (count, 3, size, size) in [0, 1]."""
+    photos, resized to ``size`` -> (count, 3, size, size) in [0, 1]. Deterministic in its arguments (cached)."""
+    return _public_crops(int(size), int(count), int(seed), str(public), bool(exclude_builtin), float(min_frac)).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _public_crops(size: int, count: int, seed: int, public: str, exclude_builtin: bool, min_frac: float
+                  ) -> torch.Tensor:
     from PIL import Image
 
     files = public_files(public, exclude_builtin)
@@ -200,23 +206,31 @@ def bin_thresholds(values: torch.Tensor, bins: int, lo: float, hi: float, unifor
 
 # ------------------------------------------------------------------------------------------------ model
 class ImprintedModel(nn.Module):
-    """``logits = downstream_scale * base(x) + readout(g)`` with ``h = relu(imprint(x.flatten(1) - shift))``
-    and ``g = h`` (nested layout) or ``g = relu(window(h))`` (window layout)."""
+    """``logits = downstream_scale * base(x) + readout(g)``.
+
+    Unit i of the imprint layer computes ``h_i = relu(W_i . [x.flatten(1) - shifts_i, const] + b_i)``: every
+    unit sees the image centred on its own reference image ``shifts_i`` (a fixed buffer), so that the
+    gradient of its weight row is ``delta_i * (x - shifts_i)`` (and ``delta_i * const`` in the last column).
+    ``g = h`` (nested layout) or ``g = relu(window(h))`` (window layout)."""
 
     def __init__(self, base: nn.Module, image_shape: Sequence[int], units: int, num_classes: int,
                  window: bool = False):
         super().__init__()
         d = int(np.prod(image_shape))
         self.base = base
-        self.imprint = nn.Linear(d, units)
+        self.imprint = nn.Linear(d + 1, units)
         self.window = nn.Linear(units, units, bias=False) if window else None
         self.readout = nn.Linear(units, num_classes, bias=False)
-        self.register_buffer("shift", torch.zeros(d))
+        self.register_buffer("shifts", torch.zeros(units, d))
+        self.register_buffer("const", torch.tensor(1.0))
         self.register_buffer("direction", torch.zeros(d))  # characteristic direction a (kept for the attacker)
         self.register_buffer("downstream_scale", torch.tensor(1.0))
 
     def forward(self, x):
-        h = torch.relu(self.imprint(x.flatten(1) - self.shift))
+        W = self.imprint.weight
+        Wx = W[:, :-1]
+        pre = F.linear(x.flatten(1), Wx) - (Wx * self.shifts).sum(1) + W[:, -1] * self.const + self.imprint.bias
+        h = torch.relu(pre)
         if self.window is not None:
             h = torch.relu(self.window(h))
         return self.downstream_scale * self.base(x) + self.readout(h)
@@ -260,13 +274,16 @@ class MaliciousImprint:
     subject-brightness), ``dct_index`` (u, v for ``dct``), ``probes`` (P zero-gradient units),
     ``two_sided`` (nested layout only), ``public`` (``auto``: bundled scikit-image photos, or a folder),
     ``public_count`` (random crops), ``uniform_mix``, ``downstream_scale`` (s), ``gain`` (|readout|
-    entries), ``eps`` (pre-activation scale), ``kappa`` (window cut-off slope), ``seed``.
+    entries), ``eps`` (pre-activation scale), ``kappa`` (window cut-off slope), ``bias_boost`` (the
+    constant input feature; null = 4 sqrt(d / 3072)), ``bin_reference`` (window layout: per-bin reference
+    images), ``centre`` (False: no centring at all, as in Robbing the Fed), ``seed``.
     """
 
     def __init__(self, bins: int = 128, layout: str = "window", characteristic: str = "brightness",
                  dct_index: Sequence[int] = (0, 1), probes: int = 4, two_sided: bool = True, public: str = "auto",
                  public_count: int = 512, uniform_mix: float = 0.15, downstream_scale: float = 1e-3,
-                 gain: float = 1.0, eps: float = 1e-9, kappa: float = 1e4, seed: int = 0):
+                 gain: float = 1.0, eps: float = 1e-9, kappa: float = 1e4, bias_boost: Optional[float] = None,
+                 bin_reference: bool = True, centre: bool = True, seed: int = 0):
         if not isinstance(bins, int) or bins < 2:
             raise ConfigError(f"bins must be an integer >= 2, got {bins!r}")
         if layout not in LAYOUTS:
@@ -280,6 +297,8 @@ class MaliciousImprint:
         for k, v in (("downstream_scale", downstream_scale), ("gain", gain), ("eps", eps)):
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ConfigError(f"{k} must be a positive number, got {v!r}")
+        if bias_boost is not None and not (isinstance(bias_boost, (int, float)) and 0 <= bias_boost < 1e6):
+            raise ConfigError(f"bias_boost must be a number >= 0 or null (auto), got {bias_boost!r}")
         if not (isinstance(kappa, (int, float)) and kappa > 1 and math.isfinite(kappa)):
             raise ConfigError(f"kappa must be a number > 1, got {kappa!r}")
         if not isinstance(public_count, int) or public_count < 16:
@@ -290,6 +309,8 @@ class MaliciousImprint:
         self.uniform_mix, self.downstream_scale, self.gain, self.eps = (float(uniform_mix), float(downstream_scale),
                                                                         float(gain), float(eps))
         self.kappa, self.seed = float(kappa), int(seed)
+        self.bias_boost = None if bias_boost is None else float(bias_boost)
+        self.bin_reference, self.centre = bool(bin_reference), bool(centre)
 
     # -------------------------------------------------------------------------------------------------
     def build(self, base: nn.Module, channels: int, size: int, num_classes: int, exclude_builtin: bool = True
@@ -317,7 +338,22 @@ class MaliciousImprint:
         U = len(all_units)
         model = ImprintedModel(base, (channels, size, size), U, num_classes, window=window)
         mu = flat.mean(0)
-        shift = mu - (mu @ a) / (a @ a) * a  # public mean image without its component along a: a . shift = 0
+        # reference images: the public mean (nested layout: rows mix samples of many bins), or for the window
+        # layout the public image regressed on the characteristic at the bin centre, mu + (v_i - mean v) beta,
+        # so that each row carries only what the characteristic does not explain (smaller norm)
+        shifts = mu[None].repeat(len(all_units), 1) if self.centre else torch.zeros(len(all_units), mu.numel(),
+                                                                                     dtype=torch.float64)
+        if window and self.bin_reference and self.centre:
+            vc = values - values.mean()
+            beta = (vc[:, None] * (flat - mu)).sum(0) / (vc @ vc).clamp(min=1e-12)
+            edges = list(up) + [hi]
+            for i in range(len(up)):
+                lo_i = max(edges[i], float(values.min())) if i == 0 else edges[i]
+                centre = (lo_i + min(edges[i + 1], float(values.max()) if i == len(up) - 1 else edges[i + 1])) / 2
+                shifts[i] = mu + (centre - float(values.mean())) * beta
+        offsets = shifts @ a  # a . (x - shifts_i) = v - offsets_i
+        # constant feature: 4 at 32x32, growing like the image norm (sqrt of the pixel count)
+        boost = self.bias_boost if self.bias_boost is not None else 4.0 * math.sqrt(a.numel() / 3072.0)
         dirs = torch.tensor([d for d, _ in all_units], dtype=torch.float64)
         ts = torch.tensor([t for _, t in all_units], dtype=torch.float64)
         eps = self.eps / max(span, 1e-12)
@@ -325,10 +361,13 @@ class MaliciousImprint:
         r = torch.ones(num_classes, dtype=torch.float64)
         r[torch.randperm(num_classes, generator=g)[: num_classes // 2]] = -1.0
         with torch.no_grad():
-            model.imprint.weight.copy_((eps * dirs[:, None] * a[None, :]).float())
-            model.imprint.bias.copy_((-eps * dirs * ts).float())
+            w = torch.zeros(U, a.numel() + 1, dtype=torch.float64)
+            w[:, :-1] = eps * dirs[:, None] * a[None, :]
+            model.imprint.weight.copy_(w.float())
+            model.imprint.bias.copy_((-eps * dirs * (ts - offsets)).float())
+            model.const.fill_(boost)
             model.readout.weight.copy_((self.gain * r[:, None]).expand(num_classes, U).float())
-            model.shift.copy_(shift.float())
+            model.shifts.copy_(shifts.float())
             model.direction.copy_(a.float())
             model.downstream_scale.fill_(self.downstream_scale)
             if window:  # g_i = relu(h_i - kappa h_{i+1}): unit i is active only inside bin i (+ a 1/kappa tail)
@@ -345,10 +384,13 @@ class MaliciousImprint:
             "layout": self.layout,
             "weight": "imprint.weight",
             "bias": "imprint.bias",
-            "shift": "shift",
+            "shift": "shifts",  # (units, pixels) reference image of every unit
             "direction": "direction",
             "image_shape": [channels, size, size],
             "characteristic": self.characteristic,
+            "pixels": int(a.numel()),  # weight columns 0 .. pixels-1: x - shifts_i; column `pixels`: const
+            "const": boost,
+            "value_offsets": offsets.tolist(),  # a . (x - shifts_i) = v - value_offsets[i]
             "value_range": [lo, hi],
             "families": families,
             "probes": list(range(n_up + n_low, U)),

@@ -112,7 +112,7 @@ def test_noise_estimate_from_probes_of_a_real_update(attack_cfg, mechanism, z):
     assert est["distribution"] == mechanism
     assert abs(est["sigma"] - true_std) / true_std < 0.10
     probes = case.server_extra["imprint"]["probes"]
-    assert est["n"] == len(probes) * (16 * 16 * 3 + 1)
+    assert est["n"] == len(probes) * (16 * 16 * 3 + 2)  # pixels, const column, bias
 
 
 # ------------------------------------------------------------------------------------------------ filter
