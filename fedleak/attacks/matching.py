@@ -66,14 +66,13 @@ class Matcher:
 
     def __init__(self, target: dict[str, torch.Tensor], loss: str = "l2", mode: str = "plain",
                  weights: Optional[dict[str, float]] = None, factor_names: tuple[str, ...] = (),
-                 quant_levels: Optional[int] = None, sign_temperature: float = 1.0):
+                 quant_levels: Optional[int] = None):
         if loss not in ("l2", "cosine"):
             raise ConfigError(f"attack option loss={loss!r}; valid: l2, cosine")
         self.loss = loss
         self.mode = mode
         self.weights = weights or {}
         self.quant_levels = quant_levels
-        self.sign_temperature = sign_temperature
         self.target = {k: v.detach() for k, v in target.items()}
         self.tnorm2 = {k: float((v.double() ** 2).sum()) for k, v in self.target.items()}
         self.masks: dict[str, torch.Tensor] = {}
@@ -115,9 +114,10 @@ class Matcher:
     def _dense_terms(self, k, g):
         t = self.target[k]
         if self.mode == "sign":
-            scale = g.detach().abs().mean().clamp_min(1e-12) * self.sign_temperature
-            s = torch.tanh(g / scale)
-            d = ((s - self.target_sign[k]) ** 2).sum()
+            # l1 sign agreement: 1 - sum(sign(t) * g) / sum|g| = 2 x (fraction of |g| mass with the wrong sign).
+            # Zero exactly when every coordinate agrees in sign, which is all a sign-compressed update says;
+            # invariant to the scale of g. Coordinates sent as +1 for a zero gradient cost nothing at g = 0.
+            d = 1.0 - (self.target_sign[k] * g).sum() / g.abs().sum().clamp_min(1e-30)
             return d * 0, d * 0, 0.0, d
         if self.mode == "quant" and self.quant_levels:
             g = _ste_uniform(g, self.quant_levels)

@@ -14,7 +14,7 @@
 =====================  ==============================================================================
 
 All presets match obfuscation-aware by default (``aware: auto``): top-k / random-k / pruned updates are
-matched only on the coordinates that were sent, sign-compressed ones through a smooth sign surrogate and
+matched only on the coordinates that were sent, sign-compressed ones by their l1 sign agreement and
 deterministically quantised ones after the same rounding (straight-through). ``aware: none`` gives the plain
 matching of the original papers.
 """
