@@ -53,7 +53,6 @@ class EngineConfig:
     restarts: int = 1
     labels: str = "auto"
     aware: Any = "auto"  # auto | none | mask | sign | quant
-    sign_temperature: float = 1.0
     fast: bool = True  # Gram/low-rank evaluation of large linear layers
     big_threshold: int = 1 << 20
     seed: int = 0
@@ -230,7 +229,7 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
             for pat, w in cfg.layer_weights.items():
                 if pat in k:
                     weights[k] = float(w)
-    matcher = Matcher(target, cfg.loss, mode, weights, tuple(fwd.big), quant_levels, cfg.sign_temperature)
+    matcher = Matcher(target, cfg.loss, mode, weights, tuple(fwd.big), quant_levels)
     fedavg = update.protocol == "fedavg"
     steps = update.local_steps or 1
 
@@ -245,15 +244,18 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
     history: list[float] = []
     interrupted = False
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
-    state = _load_checkpoint(ckpt, cfg) if (ckpt and cfg.resume) else None
+    # what a checkpoint must also match (the attacked update) and carry (history of finished restarts)
+    ckpt_meta = {"fingerprint": _fingerprint(view, update) if ckpt else None, "prior_history": history}
+    state = _load_checkpoint(ckpt, cfg, ckpt_meta["fingerprint"]) if (ckpt and cfg.resume) else None
     start_restart = state["restart"] if state else 0
     if state:
         best = state["best"]
+        history.extend(float(v) for v in state.get("prior_history", []))
     try:
         for r in range(start_restart, cfg.restarts):
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + r)
             res = _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt,
-                           state if (state and state["restart"] == r) else None, best, t_start)
+                           state if (state and state["restart"] == r) else None, best, t_start, ckpt_meta)
             state = None
             history.extend(res["history"])
             if res["interrupted"]:
@@ -281,7 +283,8 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
     return Reconstruction(images=best["images"].clamp(0, 1).float(), labels=best["labels"], loss_history=history, info=info)
 
 
-def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt, state, best, t_start):
+def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt, state, best, t_start,
+             ckpt_meta=None):
     latent = Latent(cfg, shape, gen, getattr(torch, cfg.dtype))
     soft = labels is None
     label_param = None
@@ -326,14 +329,17 @@ def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt
                 lval = _step(cfg, opt, objective, latent)
             except _NaN:
                 if cfg.on_nan == "restart" and nan_restarts < cfg.max_nan_restarts:
-                    # roll back to the last good state and continue with half the learning rate
+                    # roll back to the last good state and continue with half the learning rate (halved
+                    # again for each further roll-back to the same state, so a retry is never identical)
                     nan_restarts += 1
+                    good["fails"] = good.get("fails", 0) + 1
                     it = _restore(good, latent, label_param, opt, sched)
                     history = list(good["history"])
                     run_best = dict(good["run_best"])
+                    factor = 0.5 ** good["fails"]
                     for g in opt.param_groups:
-                        g["lr"] *= 0.5
-                    sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                        g["lr"] *= factor
+                    sched.base_lrs = [b * factor for b in sched.base_lrs]
                     continue
                 raise NumericalError(
                     f"the matching loss became NaN/Inf at iteration {it + 1} (restart {r}); try a lower lr"
@@ -354,7 +360,7 @@ def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt
             if it % cfg.checkpoint_every == 0:
                 good = _snapshot(latent, label_param, opt, sched, history, run_best, it)
                 if ckpt is not None:
-                    _save_checkpoint(ckpt, cfg, r, good, best)
+                    _save_checkpoint(ckpt, cfg, r, good, best, ckpt_meta)
     except KeyboardInterrupt:
         interrupted = True
     if run_best["images"] is None:
@@ -404,7 +410,8 @@ def _restore(snap, latent, label_param, opt, sched) -> int:
         if label_param is not None:
             label_param.copy_(snap["label_param"])
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
-    sched.load_state_dict(snap["sched"])
+    sched.load_state_dict(copy.deepcopy(snap["sched"]))
+    torch.set_rng_state(snap["torch_rng"])
     return snap["iteration"]
 
 
@@ -415,7 +422,7 @@ def _snapshot(latent, label_param, opt, sched, history, run_best, it):
         "z": latent.z.detach().clone(),
         "label_param": None if label_param is None else label_param.detach().clone(),
         "opt": copy.deepcopy(opt.state_dict()),
-        "sched": sched.state_dict(),
+        "sched": copy.deepcopy(sched.state_dict()),
         "history": list(history),
         "run_best": {k: (v.clone() if torch.is_tensor(v) else v) for k, v in run_best.items()},
         "iteration": it,
@@ -430,21 +437,60 @@ def _config_key(cfg: EngineConfig) -> dict:
     return d
 
 
-def _save_checkpoint(path: Path, cfg: EngineConfig, restart: int, snap: dict, best: dict) -> None:
+def _fingerprint(view, update) -> str:
+    """SHA-256 of what is being attacked (update tensors and metadata, data shape): a checkpoint made for
+    another update (other data, model, seed or obfuscation) is never resumed by mistake."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    meta = {"kind": update.kind, "protocol": update.protocol, "lr": update.lr, "steps": update.local_steps,
+            "local_batch_size": update.local_batch_size, "batch": view.batch_size, "shape": list(view.image_shape),
+            "labels": None if update.labels is None else [int(v) for v in update.labels.reshape(-1)]}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for k in sorted(update.tensors):
+        t = update.tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, cfg: EngineConfig, restart: int, snap: dict, best: dict,
+                     meta: Optional[dict] = None) -> None:
+    """Write the whole attack state (``torch.save`` of plain tensors/numbers only, so it loads with
+    ``weights_only=True``) to a temporary file and rename it over ``path``: a kill at any moment leaves either
+    the previous checkpoint or the new one, never a torn file."""
     from ..runio import atomic_path
 
-    payload = {"version": 1, "config": _config_key(cfg), "restart": restart, "best": best, **snap}
+    meta = meta or {}
+    payload = {"version": 2, "config": _config_key(cfg), "iterations": cfg.iterations, "restart": restart,
+               "best": best, "fingerprint": meta.get("fingerprint"),
+               "prior_history": [float(v) for v in meta.get("prior_history", [])], **snap}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path, cfg: EngineConfig) -> Optional[dict]:
+def _load_checkpoint(path: Path, cfg: EngineConfig, fingerprint: Optional[str] = None) -> Optional[dict]:
+    """Load a checkpoint with ``weights_only=True`` (a pickle that would build arbitrary objects or run code is
+    refused, not executed) and check it belongs to these attack settings and this update."""
     if path is None or not path.is_file():
         return None
+    where = f"checkpoint {str(path)!r}"
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); delete it to start over") from None
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise ConfigError(f"{where} holds Python objects other than tensors and numbers; refusing to load it "
+                              "(loading could run code). Delete it to start over") from None
+        raise ConfigError(f"{where} is unreadable ({type(e).__name__}); delete it to start over") from None
+    required = ("config", "restart", "best", "z", "opt", "sched", "history", "run_best", "iteration", "torch_rng")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise ConfigError(f"{where} is not a fedleak attack checkpoint; delete it to start over")
     if state.get("config") != _config_key(cfg):
-        raise ConfigError(f"checkpoint {str(path)!r} was made with different attack settings; delete it to start over")
+        raise ConfigError(f"{where} was made with different attack settings; delete it to start over")
+    if fingerprint is not None and state.get("fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"{where} was made for a different update (data, model, seed or obfuscation changed); "
+                          "delete it to start over")
+    if not (isinstance(state["restart"], int) and 0 <= state["restart"] < cfg.restarts):
+        raise ConfigError(f"{where} is for restart {state['restart']!r} but the attack has {cfg.restarts}")
     return state
