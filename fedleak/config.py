@@ -23,8 +23,8 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     source: str = Field("builtin", description="'builtin' (scikit-image photos) or a folder path")
-    size: int = Field(32, ge=4, le=1024, description="square image size after resizing")
-    batch_size: int = Field(1, ge=1, le=4096, description="images in the client's batch")
+    size: int = Field(64, ge=4, le=1024, description="square image size after resizing")
+    batch_size: int = Field(4, ge=1, le=4096, description="images in the client's batch")
     start: int = Field(0, ge=0, description="index of the first image")
     resize: Literal["crop", "stretch"] = "crop"
     subject_only: bool = False

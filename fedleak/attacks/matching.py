@@ -33,6 +33,9 @@ class GradRep:
         return out
 
 
+#: coordinates of a large factorised layer compared under sign matching
+SIGN_SAMPLE = 1 << 20
+
 #: obfuscation names whose output is sparse: match only the coordinates that were sent
 SPARSIFIERS = {"topk", "randk", "prune"}
 SIGNS = {"sign"}
@@ -87,6 +90,16 @@ class Matcher:
                     self.masks[k] = m.to(t.dtype)
         if mode == "sign":
             self.target_sign = {k: torch.sign(t) for k, t in self.target.items()}
+            # large factorised layers: compare signs on a fixed random subset of coordinates instead of
+            # materialising the whole gradient (1 M of 33 M coordinates still pin the layer down)
+            self.sign_support: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            gen = torch.Generator().manual_seed(0)
+            for k in factor_names:
+                t = self.target.get(k)
+                if t is not None and t.dim() == 2 and t.numel() > 2 * SIGN_SAMPLE:
+                    idx = torch.randperm(t.numel(), generator=gen)[:SIGN_SAMPLE].sort().values
+                    rows, cols = idx // t.shape[1], idx % t.shape[1]
+                    self.sign_support[k] = (rows, cols, self.target_sign[k][rows, cols])
 
     def __call__(self, rep: GradRep) -> torch.Tensor:
         dt = next(iter(self.target.values())).dtype
@@ -132,6 +145,11 @@ class Matcher:
 
     def _factor_terms(self, k, D, H):
         t = self.target[k]
+        if self.mode == "sign" and k in self.sign_support:
+            rows, cols, sgn = self.sign_support[k]
+            g = (D[:, rows] * H[:, cols]).sum(0)
+            d = 1.0 - (sgn * g).sum() / g.abs().sum().clamp_min(1e-30)
+            return d * 0, d * 0, 0.0, d
         if self.mode in ("sign", "quant") or k in self.masks:
             return self._dense_terms(k, D.t() @ H)
         if k in self.support:
