@@ -8,7 +8,7 @@ import sys
 
 from .errors import FedleakError
 
-COMMANDS = ["list", "simulate", "run"]
+COMMANDS = ["list", "simulate", "run", "train-enhancer"]
 
 
 def build_parser() -> argparse.ArgumentParser:

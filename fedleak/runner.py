@@ -138,6 +138,10 @@ def _check_enhancer(cfg) -> None:
     if _enhancer_enabled(cfg) and importlib.util.find_spec("fedleak.enhance") is None:
         raise ConfigError(f"enhancer {cfg.enhancer.get('name')!r}: enhancement isn't available in this "
                           "installation (no fedleak.enhance module); set enhancer: none")
+    if _enhancer_enabled(cfg):
+        from . import enhance as _enhance_mod
+
+        _enhance_mod.check_config(cfg.enhancer)  # fail before the attack: bad options or weights file
 
 
 def _attack_options(cfg) -> dict:

@@ -22,13 +22,21 @@ def add_parser(sub):
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run folder (default: OUTPUT_DIR/<output.name or model-protocol-attack-timestamp>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary; print only the folder")
+    p.add_argument("--enhancer", default=None, metavar="FILE",
+                   help="post-process with the learned enhancer using these weights "
+                        "(sets enhancer: {name: learned, weights: FILE}; see docs/enhancer.md)")
     return p
 
 
 def main(args) -> int:
     from ..runner import run, summary_lines
 
-    run_dir, metrics = run(args.config, overrides=args.overrides, out=args.out, progress=not args.quiet)
+    overrides = list(args.overrides)
+    if getattr(args, "enhancer", None):
+        import json
+
+        overrides.append("enhancer=" + json.dumps({"name": "learned", "weights": str(args.enhancer)}))
+    run_dir, metrics = run(args.config, overrides=overrides, out=args.out, progress=not args.quiet)
     if metrics.get("interrupted"):
         att = metrics.get("attack", {})
         done, planned = att.get("iterations_run"), att.get("iterations_planned")

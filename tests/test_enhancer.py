@@ -1,0 +1,243 @@
+"""The ROG enhancement stage (fedleak.enhance), its network (fedleak.enhancer_net) and its training."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedleak import enhancer_net as EN
+from fedleak.enhance import check_config, classical, enhance, latent
+from fedleak.errors import ConfigError, DataError, FedleakError
+
+TINY = {"name": EN.ARCH_NAME, "version": EN.ARCH_VERSION, "scale": 4, "width": 8, "blocks": [1, 1, 1], "hr_width": 4}
+
+
+def _random_net(arch=TINY, seed=0):
+    torch.manual_seed(seed)
+    net = EN.build(arch)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # also move the zero-initialised output layers
+    return net.eval()
+
+
+def _lowres_images(b=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(b, 3, size // 4, size // 4, generator=g) * 0.6 + 0.2
+    return F.interpolate(z, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------ weights files
+def test_save_load_roundtrip(tmp_path):
+    net = _random_net()
+    f = EN.save(net, TINY, tmp_path / "e.safetensors", {"seed": 3, "steps": 7})
+    side = json.loads((tmp_path / "e.json").read_text())
+    assert side["architecture"] == TINY and side["seed"] == 3 and side["steps"] == 7
+    assert side["parameters"] == EN.num_parameters(net)
+    loaded, arch = EN.load(f)
+    assert arch == TINY
+    x = _lowres_images()
+    with torch.no_grad():
+        assert torch.equal(net.enhance(x), loaded.enhance(x))
+        assert not torch.equal(net.enhance(x), x)  # the random weights really do something
+    # and through the pipeline stage, with the user file replacing the default
+    out = enhance(x, None, {"name": "learned", "weights": str(f)})
+    with torch.no_grad():
+        assert torch.allclose(out, net.enhance(x))
+
+
+def test_untrained_network_is_identity():
+    x = _lowres_images()
+    with torch.no_grad():
+        assert torch.allclose(EN.build(TINY).enhance(x), x, atol=1e-6)
+
+
+def test_missing_weights_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        enhance(_lowres_images(), None, {"name": "learned", "weights": str(tmp_path / "nope.safetensors")})
+
+
+def test_corrupt_weights_clear_error(tmp_path):
+    f = tmp_path / "bad.safetensors"
+    f.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(DataError, match="unreadable"):
+        EN.load(f)
+    good = EN.save(_random_net(), TINY, tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])  # truncated download
+    with pytest.raises(DataError) as e:
+        check_config({"name": "learned", "weights": str(good)})
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_architecture_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    net = _random_net()
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    # metadata claims a wider network than the tensors hold
+    wide = dict(TINY, width=16)
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={EN.META_KEY: json.dumps(wide)})
+    with pytest.raises(DataError, match="do not match architecture"):
+        EN.load(tmp_path / "w.safetensors")
+    # an unknown architecture name
+    save_file(tensors, str(tmp_path / "u.safetensors"), metadata={EN.META_KEY: json.dumps(dict(TINY, name="srgan"))})
+    with pytest.raises(DataError, match="unsupported architecture"):
+        EN.load(tmp_path / "u.safetensors")
+    # a safetensors file that is not enhancer weights at all
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "o.safetensors"))
+    with pytest.raises(DataError, match="not fedleak enhancer weights"):
+        EN.load(tmp_path / "o.safetensors")
+
+
+def test_bad_enhancer_options():
+    with pytest.raises(ConfigError, match="unknown"):
+        check_config({"name": "gan"})
+    with pytest.raises(ConfigError, match="unknown option"):
+        check_config({"name": "classical", "weights": "x"})
+    with pytest.raises(ConfigError):
+        check_config({"name": "classical", "weight": -1})
+    with pytest.raises(ConfigError, match="not divisible"):
+        enhance(torch.rand(1, 3, 30, 30), None, {"name": "classical"})
+
+
+def test_shipped_weights_load_and_are_small():
+    f = EN.default_weights_path()
+    if not f.is_file():
+        pytest.skip("no shipped weights in this checkout")
+    net, arch = EN.load(f)
+    assert arch["scale"] == 4
+    assert f.stat().st_size < 8 * 2**20
+    side = json.loads(EN.sidecar_path(f).read_text())
+    for k in ("architecture", "data", "seed", "git_commit", "steps", "final_loss"):
+        assert k in side
+    x = _lowres_images(1, 64)
+    out = enhance(x, None, "learned")
+    assert out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+# ------------------------------------------------------------------------------------------ classical
+def test_latent_inverts_bicubic_upsampling():
+    z = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
+    x = F.interpolate(z, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(latent(x, 4), z, atol=1e-5)
+
+
+def test_classical_identity_at_zero_weight_and_denoises():
+    from fedleak.metrics import psnr
+
+    x = _lowres_images(2, 64)
+    assert torch.allclose(classical(x, 4, "tv", 0.0), x, atol=1e-4)
+    # a piecewise-smooth image (TV's model) with noise on its latent
+    t = torch.linspace(0, 1, 16)
+    z = torch.stack([0.3 + 0.4 * (t[None, :] > 0.5) + 0.1 * t[:, None],
+                     0.5 + 0.2 * torch.sin(3 * t)[None, :].expand(16, 16),
+                     0.2 + 0.5 * (t[:, None] > 0.3) * (t[None, :] < 0.7)])
+    x = F.interpolate(torch.stack([z, z.flip(-1)]), scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    g = torch.Generator().manual_seed(1)
+    noisy = F.interpolate((latent(x) + 0.08 * torch.randn(2, 3, 16, 16, generator=g)).clamp(0, 1),
+                          scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    den = enhance(noisy, None, {"name": "classical", "weight": 0.05})
+    assert float(psnr(x, den).mean()) > float(psnr(x, noisy).mean()) + 1.0
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_tiny_training_lowers_the_loss(tmp_path):
+    import numpy as np
+
+    from fedleak.enhancer_data import crops_tensor, load_photos
+    from fedleak.enhancer_train import Degradation, TrainConfig, train
+
+    torch.set_num_threads(1)
+    # white latent noise: the simplest ROG-like degradation, learnable in a few dozen steps of a tiny net
+    deg = Degradation(sigma_min=0.08, sigma_max=0.12, bank_fraction=0, blur_max=0.0, contrast=(1.0, 1.0),
+                      colour_corr=(0.0, 0.1))
+    cfg = TrainConfig(steps=40, batch=4, patch=32, pool=8, lr=5e-3, final_lr=5e-3 / 3, seed=0, arch=dict(TINY),
+                      degradation=deg)
+    info = train("builtin", tmp_path / "t.safetensors", cfg, progress=False, log=lambda s: None)
+    assert len(info["losses"]) == 40
+    side = json.loads((tmp_path / "t.json").read_text())
+    assert side["steps"] == 40 and side["seed"] == 0 and side["data"] == "builtin"
+    assert side["final_loss"] == pytest.approx(info["final_loss"])
+    # held-out pairs from the same degradation: the trained net beats the untrained one (= the raw input)
+    photos, _ = load_photos("builtin")
+    clean = crops_tensor(photos, 6, 64, np.random.default_rng(99))
+    noisy = deg.apply(clean, torch.Generator().manual_seed(99))
+    trained, _ = EN.load(tmp_path / "t.safetensors")
+    with torch.no_grad():
+        before = (EN.build(TINY).enhance(noisy) - clean).abs().mean()
+        after = (trained.enhance(noisy) - clean).abs().mean()
+    assert after < 0.92 * before
+
+
+def test_train_enhancer_cli_deterministic(tmp_path):
+    from fedleak.cli import main
+
+    outs = []
+    for i in range(2):
+        f = tmp_path / f"w{i}.safetensors"
+        assert main(["train-enhancer", "--data", "builtin", "--out", str(f), "--seed", "5", "--steps", "2",
+                     "--batch", "2", "--patch", "32", "--pool", "4", "--width", "8", "--quiet"]) == 0
+        outs.append(EN.load(f)[0].state_dict())
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_refuses_evaluation_folder(tmp_path):
+    from fedleak.enhancer_data import photo_paths
+
+    d = tmp_path / "imagenet-val-sample"
+    d.mkdir()
+    with pytest.raises(DataError, match="never train"):
+        photo_paths(str(d))
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, base_config):
+    """At attack time the stage gets rec.images and the server view -- nothing derived from the true images."""
+    import fedleak.enhance as E
+    from fedleak.runner import run
+    from fedleak.update import ServerView
+
+    calls = []
+    real = E.enhance
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E, "enhance", spy)
+    cfg = dict(base_config, data={"source": "builtin", "size": 16, "batch_size": 2},
+               attack={"name": "rog", "iterations": 2}, enhancer={"name": "classical"})
+    run_dir, metrics = run(cfg, out=tmp_path / "r", progress=False)
+    assert len(calls) == 1
+    args, kwargs = calls[0]
+    assert not kwargs and len(args) == 3
+    images, view, ecfg = args
+    assert isinstance(view, ServerView)
+    assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vars(view).values())
+    rec = torch.load(run_dir / "reconstruction.pt", weights_only=True)
+    assert torch.equal(images, rec["images"])  # exactly the attack's output
+    from fedleak.case import Case
+
+    true = Case(cfg).images
+    assert not torch.allclose(images, true, atol=1e-3)
+    assert "enhanced" in metrics and "raw" in metrics
+    assert ecfg["name"] == "classical"
+
+
+def test_run_enhancer_flag_bad_file_fails_before_attack(tmp_path):
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-m", "fedleak", "run", "--set", "data.size=16", "--set", "data.batch_size=1",
+                        "--enhancer", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "r"), "-q"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not found" in lines[0] and "Traceback" not in p.stderr
+    assert not (tmp_path / "r" / "reconstruction.pt").exists()
