@@ -8,6 +8,13 @@ Means are over all images. Each row is one obfuscation / label / matching settin
     python benchmarks/quality.py --rows none qsgd16      # some rows
     python benchmarks/quality.py --iterations 20 --limit 8 --size 64   # a quick look
 
+The bar of the original code (ROG's BN-free ResNet-18, 128x128, batch 1, first image, 100 iterations, 2 threads):
+
+    python benchmarks/quality.py --model resnet18-rog --batch 1 --limit 1 --sign-iterations 100 \
+        --rows none qsgd16 qsgd4 topk90 topk99 sign fedavg5 --json docs/bar_rog.json
+    python benchmarks/quality.py --model resnet18-rog --batch 1 --limit 1 --attack inverting-gradients \
+        --iterations 200 --rows none --json docs/bar_ig.json
+
 Results are cached per row (and per batch) in --cache, so an interrupted run resumes; the reconstructions are
 kept there too (``<row>-b<i>.pt``: images, true images, labels) so post-processing can be scored later
 without re-running attacks.
@@ -52,7 +59,7 @@ def base_config(args) -> dict:
         "model": {"name": args.model, "num_classes": 1000},
         "protocol": {"name": "fedsgd"},
         "obfuscation": [],
-        "attack": {"name": "rog", "iterations": args.iterations, "seed": args.seed},
+        "attack": {"name": args.attack, "iterations": args.iterations, "seed": args.seed},
     }
 
 
@@ -102,6 +109,9 @@ def run_row(name: str, args, n_images: int) -> dict:
         for k, v in m["per_image"].items():
             if isinstance(v, list):
                 per_image.setdefault(k, []).extend(v)
+        for k, v in m["mean"].items():  # batch-level scores (label accuracy): weight by batch size
+            if k not in m["per_image"] and isinstance(v, (int, float)):
+                per_image.setdefault(k, []).extend([v] * bs)
         print(f"  {name} batch {b}: PSNR {m['mean']['psnr']:.2f} dB ({secs:.0f} s)", file=sys.stderr, flush=True)
     means = {k: sum(v) / len(v) for k, v in per_image.items() if v and isinstance(v[0], (int, float))}
     return {"row": name, "config": cfg, "mean": means, "seconds": seconds, "s_per_iter": seconds / max(1, its)}
@@ -127,6 +137,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--sign-iterations", type=int, default=300, help="iterations for sign-compressed rows")
     ap.add_argument("--model", default="lenet")
+    ap.add_argument("--attack", default="rog", help="attack preset (rog, inverting-gradients, ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "quality"))
@@ -143,7 +154,8 @@ def main():
     n = len(_list_folder(Path(args.data)))
     if args.limit:
         n = min(n, args.limit)
-    args.cache = str(Path(args.cache) / f"{args.model}-{args.size}-{args.iterations}-s{args.seed}-n{n}")
+    args.cache = str(Path(args.cache) / f"{args.attack}-{args.model}-{args.size}-b{args.batch}-{args.iterations}"
+                                          f"-{args.sign_iterations}-s{args.seed}-n{n}")
     results = []
     t0 = time.time()
     for name in args.rows:
