@@ -8,7 +8,7 @@ import sys
 
 from .errors import FedleakError
 
-COMMANDS = ["list", "simulate", "run", "train-enhancer"]
+COMMANDS = ["list", "simulate", "run", "sweep", "report", "train-enhancer"]
 
 
 def build_parser() -> argparse.ArgumentParser:
