@@ -47,7 +47,7 @@ tr.failed td,tr.interrupted td{background:#fdf0f0}td.id{white-space:nowrap}
 img.px{image-rendering:pixelated;width:128px;height:128px;border:1px solid #ccc;background:#eee}
 img.plot{max-width:100%;border:1px solid #eee}
 pre{background:#f7f7f9;border:1px solid #e4e4e8;padding:10px;overflow:auto;font-size:.85em;max-height:480px}
-code{font-size:.9em}.gallery{display:flex;flex-wrap:wrap;gap:16px}.gallery figure{margin:0;max-width:560px}
+code{font-size:.9em}.gallery{display:flex;flex-wrap:wrap;gap:16px}.gallery figure{margin:0;width:280px}.gallery img.plot{max-width:280px}
 figcaption{font-size:.85em;color:#444}
 """
 
