@@ -140,7 +140,7 @@ class Sweep:
             sets = [[]]
         seeds = spec.get("seeds")
         if seeds is None:
-            seeds = [int(self.base.get("seed", 0) or 0)]
+            seeds = [self.base.get("seed", 0) or 0]
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             seeds = [seeds]
         if (not isinstance(seeds, list) or not seeds
