@@ -12,7 +12,16 @@ Run folder (``OUTPUT_DIR/<output.name or model-protocol-attack-YYYYmmdd-HHMMSS>`
     reconstruction.pt  ``torch.save`` of a plain dict of tensors (loads with ``weights_only=True``)
     run.log            what happened, with timestamps
     update.safetensors only with ``output.save_update: true``
-    COMPLETE           written last, and only when the run finished (not when interrupted)
+    checkpoint.pt      the attack's state every ``attack.checkpoint_every`` iterations (attacks of the engine:
+                       dlg, idlg, inverting-gradients, rog); kept while the run is unfinished so that
+                       ``fedleak run --resume RUN_DIR`` continues it, deleted once the run is COMPLETE.
+                       ``attack.checkpoint: null`` turns it off, a path puts it elsewhere (then it is kept)
+    COMPLETE           written last, and only when the run finished (not when interrupted): a JSON manifest
+                       (size, SHA-256) of the result files; ``runio.check_complete(run_dir)`` verifies it
+
+``metrics.json`` is a function of the config and seed only, except its ``timing`` key (all wall-clock
+durations, wherever an attack or the client reported them, are moved there) and ``name`` (the folder name):
+two runs of one config give equal JSON once ``timing`` is dropped (``tests/test_reliability.py``).
 
 The true images are used only by the client simulation and, after the attack has returned, by the
 evaluation. The attack receives ``case.server_view()`` and the update, nothing else.
@@ -31,8 +40,13 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 from .runio import COMPLETE_MARK, new_run_dir, write_json, write_text
+
+#: the run folder's attack checkpoint (see the module docstring)
+CHECKPOINT = "checkpoint.pt"
+#: keys holding wall-clock durations: moved from anywhere in metrics.json into its ``timing`` key
+TIMING_KEYS = {"seconds", "elapsed", "time", "wall_time"}
 
 #: keys accepted in the ``metrics:`` config section
 METRIC_OPTIONS = {"psnr_cap": "PSNR reported for identical images (dB, default 100; null = inf)",
@@ -95,6 +109,7 @@ class Progress:
                      + (f" loss {float(loss):.6g}" if loss is not None else "")
                      + (f" elapsed {float(el):.1f}s" if el is not None else ""))
             self.next_log = pos + max(1, grand // 10)
+            self.log.flush()  # a killed run keeps its progress lines (about ten small atomic rewrites per run)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -217,7 +232,7 @@ def default_name(cfg) -> str:
     return f"{cfg.model.name}-{cfg.protocol.name}-{cfg.attack['name']}-{stamp}".replace("/", "_")
 
 
-def _prepare_dir(cfg, out: Optional[str | Path]) -> Path:
+def _prepare_dir(cfg, out: Optional[str | Path], resuming: bool = False) -> Path:
     if out is not None:
         d = Path(out)
         if d.exists() and not d.is_dir():
@@ -226,6 +241,8 @@ def _prepare_dir(cfg, out: Optional[str | Path]) -> Path:
         stale = d / COMPLETE_MARK
         if stale.is_file():
             stale.unlink()  # a re-used folder must not look complete before this run is
+        if not resuming and (d / CHECKPOINT).is_file():
+            (d / CHECKPOINT).unlink()  # a fresh run never continues another run's attack
         return d
     name = cfg.output.name or default_name(cfg)
     if any(s in name for s in ("/", "\\")) or name in (".", ".."):
@@ -233,14 +250,78 @@ def _prepare_dir(cfg, out: Optional[str | Path]) -> Path:
     return new_run_dir(cfg.output.dir, name)
 
 
+def _supports_checkpoint(attack_opts: dict) -> bool:
+    """Whether the attack takes engine-style ``checkpoint`` options (the gradient-matching presets do)."""
+    from .attacks import check_attack_config
+
+    try:
+        check_attack_config({**attack_opts, "checkpoint": "checkpoint.pt"})
+    except (ConfigError, TypeError):
+        return False
+    return True
+
+
+def _move_timing(node: Any, path: list, out: dict) -> None:
+    """Move every wall-clock duration (keys in :data:`TIMING_KEYS` or ending in ``_seconds``) out of ``node``
+    into ``out`` under its dotted path, so the rest of metrics.json depends on the config and seed only."""
+    if isinstance(node, dict):
+        for k in list(node):
+            if k in TIMING_KEYS or (isinstance(k, str) and k.endswith("_seconds")):
+                out[".".join([*path, str(k)])] = node.pop(k)
+            else:
+                _move_timing(node[k], [*path, str(k)], out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _move_timing(v, [*path, str(i)], out)
+
+
+def _check_update_finite(update) -> None:
+    bad = [k for k, t in update.tensors.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NumericalError(f"the client's update contains NaN or Inf in {len(bad)} tensor(s) (first {bad[0]!r}); "
+                             "check the obfuscation (noise scale, clipping) and protocol.lr")
+
+
+def _resume_source(resume: str | Path, config: Any, overrides: Optional[list[str]]) -> Path:
+    d = Path(resume)
+    if config is not None or overrides:
+        raise ConfigError("--resume re-reads RUN_DIR/config.yaml; do not also give a config or --set")
+    if not d.is_dir():
+        raise ConfigError(f"--resume {str(d)!r}: no such run folder")
+    if not (d / "config.yaml").is_file():
+        raise ConfigError(f"--resume {str(d)!r}: no config.yaml there, not a fedleak run folder")
+    return d
+
+
+def check(config: Any = None, overrides: Optional[list[str]] = None, force: bool = False, log=None):
+    """Everything ``run`` checks before it starts, without running: config, metric options, enhancer, attack
+    options and the memory guard. Returns ``(cfg, attack_options, memory_estimate)``; raises a one-line
+    :class:`~fedleak.errors.FedleakError` otherwise."""
+    from .resources import check as check_memory
+
+    cfg = _load(config, overrides)
+    _metric_options(cfg)
+    _check_enhancer(cfg)
+    attack_opts = _attack_options(cfg)
+    est = check_memory(cfg, force=force, log=log)
+    return cfg, attack_opts, est
+
+
 def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional[str | Path] = None,
-        progress: bool = True) -> tuple[Path, dict]:
+        progress: bool = True, resume: Optional[str | Path] = None, force: bool = False) -> tuple[Path, dict]:
     """Run one experiment end to end and return ``(run_dir, metrics)``.
 
     ``config``: a YAML path, a dict, a :class:`~fedleak.config.RunConfig` or None (all defaults);
     ``overrides``: ``["a.b=value", ...]``; ``out``: the run folder (default: a new folder under
     ``output.dir``); ``progress``: show a tqdm bar on stderr. If the attack is interrupted (Ctrl-C) the
     partial result is still written, ``metrics["interrupted"]`` is true and no COMPLETE marker is written.
+
+    ``resume``: a run folder to continue (its ``config.yaml`` is re-read, the client's update recomputed
+    deterministically and the attack resumed from ``checkpoint.pt`` when there is one; ``config``,
+    ``overrides`` and ``out`` must then be None). A complete folder is not run again: its metrics are
+    returned. ``force``: start even when the memory guard (:mod:`fedleak.resources`) estimates that the run
+    does not fit in the available memory.
     """
     from . import metrics as M
     from . import plots
@@ -248,8 +329,25 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     from .case import Case
     from .runio import mark_complete
 
+    import json
+
+    from .runio import check_complete, is_complete, load_tensors
+    from .resources import check as check_memory
+
     t_all = time.perf_counter()
     log = RunLog()
+    if resume is not None:
+        if out is not None:
+            raise ConfigError("--resume continues RUN_DIR in place; do not also give --out")
+        out = _resume_source(resume, config, overrides)
+        if is_complete(out):
+            return out, json.loads((out / "metrics.json").read_text())
+        config = out / "config.yaml"
+        try:
+            log.lines = (out / "run.log").read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            pass
+        log("---- resume ----")
     cfg = _load(config, overrides)
     metric_opts = _metric_options(cfg)
     _check_enhancer(cfg)
@@ -261,9 +359,23 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     log(f"fedleak run: config {config if isinstance(config, (str, Path)) else type(config).__name__}"
         + (f", overrides {overrides}" if overrides else ""))
     log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}")
+    # before any folder or work: refuse a run that would not fit in memory (--force overrides)
+    check_memory(cfg, force=force, log=log)
 
-    run_dir = _prepare_dir(cfg, out)
+    run_dir = _prepare_dir(cfg, out, resuming=resume is not None)
     log.path = run_dir / "run.log"
+    ckpt_path = run_dir / CHECKPOINT
+    call_opts = dict(attack_opts)
+    managed_ckpt = "checkpoint" not in attack_opts and _supports_checkpoint(attack_opts)
+    if managed_ckpt:
+        call_opts["checkpoint"] = str(ckpt_path)
+    if resume is not None:
+        where = Path(call_opts["checkpoint"]) if call_opts.get("checkpoint") else None
+        if where is not None and where.is_file():
+            st = load_tensors(where)  # refuses pickled code like the engine does
+            log(f"resuming the attack from {where.name} (restart {st.get('restart')}, iteration {st.get('iteration')})")
+        else:
+            log("no attack checkpoint to resume from: the attack starts from the beginning")
     write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     log(f"run folder {run_dir}")
     try:
@@ -272,6 +384,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         t0 = time.perf_counter()
         update = case.client_update()
         t_client = time.perf_counter() - t0
+        _check_update_finite(update)
         view = case.server_view()
         s = update.stats
         log(f"case: {cfg.data.batch_size} image(s) {cfg.data.size}x{cfg.data.size} from {cfg.data.source!r}, "
@@ -290,7 +403,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         t0 = time.perf_counter()
         cb = Progress(log, progress, attack_opts["name"])
         try:
-            rec = attack(attack_opts, view, update, callback=cb)
+            rec = attack(call_opts, view, update, callback=cb)
         finally:
             cb.close()
         t_attack = time.perf_counter() - t0
@@ -384,14 +497,22 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         plots.save_loss(hist, run_dir / "loss.png", series=rec.series, title=f"{attack_opts['name']} matching loss")
         metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
         metrics = _jsonable(metrics)
+        timing = metrics.pop("timing")
+        moved: dict = {}
+        _move_timing(metrics, [], moved)
+        metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
         write_json(run_dir / "metrics.json", metrics)
         log(f"mean PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}, ROG-SSIM {summary['ssim_rog']:.4f}, "
             f"1-HaarPSI {summary['perceptual']:.4f}")
         if interrupted:
-            log("interrupted: results are partial; COMPLETE not written")
+            log("interrupted: results are partial; COMPLETE not written"
+                + (f"; continue with: fedleak run --resume {run_dir}" if managed_ckpt and ckpt_path.is_file() else ""))
         log.flush()
         if not interrupted:
             mark_complete(run_dir)
+            check_complete(run_dir)
+            if managed_ckpt and ckpt_path.is_file():
+                ckpt_path.unlink()  # the run is complete: its working state is no longer needed
         return run_dir, metrics
     except BaseException as e:  # record what went wrong, then let the caller handle it
         log(f"FAILED: {type(e).__name__}: {e}")
