@@ -71,7 +71,7 @@ def _fsync(path: Path) -> None:
 
 #: files of a run folder that are not results: logs (``*.log``) keep growing after the marker; the checkpoint
 #: is working state (deleted when the run completes); temporaries start with a dot
-NOT_RESULTS = {COMPLETE_MARK, "checkpoint.pt"}
+NOT_RESULTS = {COMPLETE_MARK, "checkpoint.pt", "report.html"}  # report.html may be (re)written later
 
 
 class IncompleteRunError(FedleakError):
