@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 #: classical defaults, tuned on attack outputs of TRAINING crops only (scripts/tune_classical.py)
-CLASSICAL_TV_WEIGHT = 0.02
-CLASSICAL_NLM_H = 0.04
+CLASSICAL_TV_WEIGHT = 0.04
+CLASSICAL_NLM_H = 0.06
 
 _OPTIONS = {
     "none": set(),

@@ -37,16 +37,24 @@ from .errors import ConfigError
 
 @dataclass
 class Degradation:
-    """Synthetic model of ROG's output at the latent resolution (values fitted on TRAINING attack outputs;
-    see docs/enhancer.md and scripts/fit_degradation.py)."""
+    """Synthetic model of ROG's output at the latent resolution. The defaults are generic; :func:`fit_degradation`
+    replaces them with values measured on real attack outputs of TRAINING crops (never evaluation images).
 
-    sigma_min: float = 0.01  # per-image noise std (on [0, 1]) drawn log-uniformly in [min, max]
+    ``z_out = clamp(mean + contrast * (z - mean) + bias + noise)``, upsampled bicubically x4 and clamped, with
+    ``noise`` either a real residual from the bank (``bank_fraction``) or Gaussian noise with the measured
+    power ``spectrum`` (ROG's residual is not white: most of its power sits near the latent's Nyquist
+    frequency, a checkerboard-like pattern) scaled to a per-image std drawn log-uniformly in
+    [``sigma_min``, ``sigma_max``].
+    """
+
+    sigma_min: float = 0.02
     sigma_max: float = 0.12
-    blur_max: float = 0.8  # spatial correlation: Gaussian filter of std U(0, blur_max) latent pixels
-    colour_corr: tuple[float, float] = (0.3, 0.9)  # share of the noise common to the 3 channels
-    contrast: tuple[float, float] = (0.85, 1.0)  # latent contrast kept around the image mean
+    colour_corr: tuple[float, float] = (0.0, 0.3)  # share of the noise common to the 3 channels
+    contrast: tuple[float, float] = (0.85, 1.1)  # latent contrast around the image mean
+    bias_std: float = 0.02
     bank_fraction: float = 0.5  # share of synthetic pairs that use a real residual instead of Gaussian noise
-    bank_scale: tuple[float, float] = (0.6, 1.4)
+    bank_scale: tuple[float, float] = (0.7, 1.3)
+    spectrum: Optional[torch.Tensor] = None  # (h, w) power spectrum of the noise, mean 1; None = white
 
     def apply(self, x: torch.Tensor, gen: torch.Generator, bank: Optional[torch.Tensor] = None,
               scale: int = 4) -> torch.Tensor:
@@ -55,7 +63,7 @@ class Degradation:
         z = latent(x, scale)
         mean = z.mean(dim=(1, 2, 3), keepdim=True)
         c = _uniform(gen, B, *self.contrast).view(B, 1, 1, 1)
-        z = mean + c * (z - mean)
+        z = mean + c * (z - mean) + self.bias_std * torch.randn((B, 1, 1, 1), generator=gen)
         noise = self.gaussian(z.shape, gen)
         if bank is not None and len(bank) and self.bank_fraction > 0:
             use = torch.rand(B, generator=gen) < self.bank_fraction
@@ -69,11 +77,13 @@ class Degradation:
         sig = torch.exp(_uniform(gen, B, math.log(self.sigma_min), math.log(self.sigma_max))).view(B, 1, 1, 1)
         rho = _uniform(gen, B, *self.colour_corr).view(B, 1, 1, 1)
         e = torch.sqrt(1 - rho) * torch.randn(shape, generator=gen) + torch.sqrt(rho) * torch.randn((B, 1, h, w), generator=gen)
-        out = torch.empty_like(e)
-        blur = _uniform(gen, B, 0.0, self.blur_max)
-        for i in range(B):
-            out[i] = _blur_unit(e[i:i + 1], float(blur[i]))[0]
-        return sig * out
+        S = self.spectrum
+        if S is not None:
+            if tuple(S.shape) != (h, w):
+                S = F.interpolate(S[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            e = torch.fft.ifft2(torch.fft.fft2(e) * S.float().clamp(min=0).sqrt()).real
+        e = e / e.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+        return sig * e
 
     def from_bank(self, bank: torch.Tensor, n: int, size, gen: torch.Generator) -> torch.Tensor:
         h, w = size
@@ -83,27 +93,73 @@ class Degradation:
         for i in range(n):
             t = _dihedral(r[i], int(torch.randint(8, (1,), generator=gen)))
             H, W = t.shape[-2:]
+            if H < h or W < w:
+                t = t.repeat(1, -(-h // H), -(-w // W))
+                H, W = t.shape[-2:]
             y = int(torch.randint(H - h + 1, (1,), generator=gen))
             x = int(torch.randint(W - w + 1, (1,), generator=gen))
             out.append(t[:, y:y + h, x:x + w])
         return torch.stack(out) * _uniform(gen, n, *self.bank_scale).view(n, 1, 1, 1)
 
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "spectrum"}
+        if self.spectrum is not None:
+            S = self.spectrum
+            h, w = S.shape
+            fy = (torch.fft.fftfreq(h).abs() * 2)[:, None].expand(h, w)  # 0 .. 1 (Nyquist)
+            fx = (torch.fft.fftfreq(w).abs() * 2)[None, :].expand(h, w)
+            f = torch.maximum(fy, fx)
+            tot = float(S.sum())
+            d["spectrum_power_share"] = {
+                "max(|fx|,|fy|) < 0.25 Nyquist": round(float(S[f < 0.25].sum()) / tot, 3),
+                "0.25 - 0.625": round(float(S[(f >= 0.25) & (f < 0.625)].sum()) / tot, 3),
+                ">= 0.625 Nyquist": round(float(S[f >= 0.625].sum()) / tot, 3)}
+        return d
+
+
+def fit_degradation(pairs: dict, scale: int = 4, base: Optional[Degradation] = None,
+                    min_psnr: float = 15.0) -> tuple[Degradation, dict]:
+    """Fit :class:`Degradation` to real (attack output, clean crop) pairs of TRAINING images: the noise power
+    spectrum of the latent residual, the range of its per-image std, the contrast change and the bias.
+
+    Only reconstructions that carry content (raw PSNR >= ``min_psnr``) are used for the fit: failed ones
+    (signSGD here, ~11 dB) are pure artefact; they stay in training as real pairs and in the residual bank,
+    but would otherwise stretch the contrast/bias ranges of the synthetic model far beyond the usual case."""
+    d = Degradation(**{k: v for k, v in asdict(base or Degradation()).items()})
+    if not len(pairs["inputs"]):
+        return d, {}
+    from .metrics import psnr
+
+    ok = psnr(pairs["targets"].float(), pairs["inputs"].float().clamp(0, 1)) >= min_psnr
+    if not bool(ok.any()):
+        return d, {}
+    zr = latent(pairs["inputs"][ok].float(), scale)
+    zy = latent(pairs["targets"][ok].float(), scale)
+    my, mr = zy.mean(dim=(1, 2, 3), keepdim=True), zr.mean(dim=(1, 2, 3), keepdim=True)
+    yc, rc = zy - my, zr - mr
+    slope = (yc * rc).sum(dim=(1, 2, 3)) / (yc * yc).sum(dim=(1, 2, 3)).clamp(min=1e-8)
+    bias = (mr - my).flatten()
+    e = rc - slope.view(-1, 1, 1, 1) * yc  # noise beyond the contrast change
+    sd = e.std(dim=(1, 2, 3))
+    ec = e - e.mean(dim=(2, 3), keepdim=True)
+    S = (torch.fft.fft2(ec).abs() ** 2).mean(dim=(0, 1))
+    S = S / S.mean()
+    q = lambda v, p: float(torch.quantile(v.float(), p))  # noqa: E731
+    d.sigma_min, d.sigma_max = max(1e-3, 0.8 * q(sd, 0.05)), 1.2 * q(sd, 0.95)
+    d.contrast = (q(slope, 0.05), q(slope, 0.95))
+    d.bias_std = float(bias.std()) if len(bias) > 1 else d.bias_std
+    cc = torch.corrcoef(ec.permute(1, 0, 2, 3).reshape(3, -1))
+    rho = float(cc[torch.triu_indices(3, 3, 1).unbind()].mean().clamp(0, 0.9))
+    d.colour_corr = (0.0, min(0.9, 2 * rho))
+    d.spectrum = S
+    stats = {"n": len(sd), "excluded_failed": int((~ok).sum()), "residual_std_quantiles": [round(q(sd, p), 4) for p in (0.05, 0.5, 0.95)],
+             "contrast_quantiles": [round(q(slope, p), 3) for p in (0.05, 0.5, 0.95)],
+             "bias_std": round(float(bias.std()), 4), "colour_corr": round(rho, 3)}
+    return d, stats
+
 
 def _uniform(gen, n, lo, hi) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-
-def _blur_unit(e: torch.Tensor, s: float) -> torch.Tensor:
-    """Gaussian-filter white noise with std ``s`` pixels and rescale to unit variance."""
-    if s < 0.05:
-        return e
-    r = max(1, int(math.ceil(3 * s)))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / s) ** 2)
-    k = k / k.norm()  # unit energy -> white noise keeps unit variance
-    C = e.shape[1]
-    e = F.conv2d(F.pad(e, (r, r, 0, 0), mode="circular"), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C)
-    return F.conv2d(F.pad(e, (0, 0, r, r), mode="circular"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C)
 
 
 def _dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -170,7 +226,8 @@ class TrainConfig:
     patch: int = 64
     lr: float = 2e-3
     final_lr: float = 2e-5
-    real_fraction: float = 0.5  # share of each batch taken from real attack pairs (when there are any)
+    real_fraction: float = 0.375  # share of each batch taken from real attack pairs (when there are any)
+    fit: bool = True  # fit the synthetic degradation to the real training pairs
     pool: int = 1200  # clean training crops generated up front for the synthetic pairs
     size: int = 128
     seed: int = 0
@@ -188,6 +245,16 @@ def _patches(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, patch: int, ge
         xs.append(_dihedral(x[i, :, oy:oy + patch, ox:ox + patch], k))
         ys.append(_dihedral(y[i, :, oy:oy + patch, ox:ox + patch], k))
     return torch.stack(xs), torch.stack(ys)
+
+
+def patch_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over patches of ``log(MSE) + 0.5 log(L1)``. The log-MSE term is, up to constants, minus the mean
+    PSNR -- the benchmark's measure -- and weights every patch by its own error, so that nearly failed
+    reconstructions (sign-compressed updates) do not drown the nearly clean ones; the L1 term keeps edges."""
+    d = pred - target
+    mse = d.pow(2).mean(dim=(1, 2, 3))
+    l1 = d.abs().mean(dim=(1, 2, 3))
+    return (torch.log(mse + 1e-5) + 0.5 * torch.log(l1 + 1e-3)).mean()
 
 
 def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = None, pairs_path: Optional[str] = None,
@@ -211,6 +278,10 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
         real_tr, real_val = split_pairs(pairs)
     bank = residual_bank(real_tr, scale)
     n_real = len(real_tr["inputs"])
+    degradation, fit_stats = cfg.degradation, {}
+    if n_real and cfg.fit:
+        degradation, fit_stats = fit_degradation(real_tr, scale, cfg.degradation)
+        log(f"degradation fitted on {n_real} training attack outputs: {fit_stats}")
     log(f"real attack pairs: {n_real} train, {len(real_val['inputs'])} validation; residual bank {len(bank)}")
     net = EN.build(cfg.arch)
     net.train()
@@ -236,13 +307,13 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
         if n_s:
             idx = torch.randint(len(pool), (n_s,), generator=gen)
             clean = pool[idx].float() / 255
-            deg = cfg.degradation.apply(clean, gen, bank, scale)
+            deg = degradation.apply(clean, gen, bank, scale)
             a, b = _patches(deg, clean, torch.arange(n_s), cfg.patch, gen, grid)
             xs.append(a)
             ys.append(b)
         x, y = torch.cat(xs), torch.cat(ys)
         pred = net(x)
-        loss = (pred - y).abs().mean()
+        loss = patch_loss(pred, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -274,9 +345,11 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
         "steps": T,
         "final_loss": float(np.mean(tail)),
         "first_loss": float(np.mean(losses[:min(50, len(losses))])),
-        "loss": "L1",
-        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("arch", "degradation")},
-        "degradation": asdict(cfg.degradation),
+        "loss": "mean over patches of log(MSE) + 0.5 log(L1)",
+        "train_config": {k: getattr(cfg, k) for k in ("steps", "batch", "patch", "lr", "final_lr", "real_fraction",
+                                                       "pool", "size", "seed", "fit")},
+        "degradation": degradation.summary(),
+        "degradation_fit": fit_stats,
         "validation": val,
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
