@@ -467,6 +467,17 @@ def _log_axis(ax, values: list[float], base: float) -> None:
         ax.set_xscale("log", base=base)
 
 
+def _plot_series(ax, rows: list[dict], x: str, y: str):
+    """One line per attack (mean over seeds) with the single cells as dots; returns (series, all x values)."""
+    ser = _series(rows, x, y)
+    allx = []
+    for att, (px, py, mx, my) in ser.items():
+        line, = ax.plot(mx, my, marker="o", lw=1.5, label=att)
+        ax.scatter(px, py, s=12, alpha=0.5, color=line.get_color())
+        allx += px
+    return ser, allx
+
+
 def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
     """Write ``psnr_vs_bits.png`` and (when any cell has an epsilon) ``psnr_ssim_vs_epsilon.png``."""
     from . import plots  # noqa: F401  (selects the Agg backend)
@@ -474,12 +485,7 @@ def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
 
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    ser = _series(rows, "bits_per_param", "psnr")
-    allx = []
-    for att, (px, py, mx, my) in ser.items():
-        line, = ax.plot(mx, my, marker="o", lw=1.5, label=att)
-        ax.scatter(px, py, s=12, alpha=0.5, color=line.get_color())
-        allx += px
+    ser, allx = _plot_series(ax, rows, "bits_per_param", "psnr")
     if ser:
         _log_axis(ax, allx, 2)
         ax.legend(title="attack", fontsize=8)
@@ -496,12 +502,7 @@ def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
     if any(r.get("epsilon") is not None for r in rows):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, y, lab in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
-            ser = _series(rows, "epsilon", y)
-            allx = []
-            for att, (px, py, mx, my) in ser.items():
-                line, = ax.plot(mx, my, marker="o", lw=1.5, label=att)
-                ax.scatter(px, py, s=12, alpha=0.5, color=line.get_color())
-                allx += px
+            ser, allx = _plot_series(ax, rows, "epsilon", y)
             if ser:
                 _log_axis(ax, allx, 10)
                 ax.legend(title="attack", fontsize=8)

@@ -61,3 +61,28 @@ def base_config(attack_cfg) -> dict:
         "model": {"name": "lenet", "num_classes": 1000},
         "attack": dict(attack_cfg),
     }
+
+
+#: a registered test attack that returns grey images at once (for tests of the run machinery, not of attacks)
+GREY_ATTACK = "test-grey"
+
+
+def _register_grey():
+    from fedleak.attacks import ATTACKS, Reconstruction
+
+    if GREY_ATTACK not in ATTACKS:
+
+        @ATTACKS.register(GREY_ATTACK, doc="test attack: grey images (fast)")
+        def _grey(view, update, callback=None):
+            return Reconstruction(images=torch.full((view.batch_size, *view.image_shape), 0.5), loss_history=[1.0])
+
+
+_register_grey()
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a test that runs the CLI (which may set ``threads``)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

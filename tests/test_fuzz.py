@@ -25,20 +25,12 @@ from fedleak.config import apply_override, load_config
 from fedleak.data import load_folder, load_image
 from fedleak.errors import ConfigError, DataError, FedleakError
 
-FAKE = "test-fake-fuzz"
-
-if FAKE not in ATTACKS:
-
-    @ATTACKS.register(FAKE, doc="test attack: grey images (fast)")
-    def _fake(view, update, callback=None):
-        return Reconstruction(images=torch.full((view.batch_size, *view.image_shape), 0.5), loss_history=[1.0])
+from conftest import GREY_ATTACK as FAKE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
+def _threads(keep_threads):
     yield
-    torch.set_num_threads(n)
 
 
 #: examples per fuzz test; raise it for a longer hunt, e.g. FEDLEAK_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py

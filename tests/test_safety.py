@@ -23,20 +23,12 @@ from fedleak.errors import ConfigError, DataError, FedleakError
 from fedleak.update import Update
 
 PKG = Path(fedleak.__file__).parent
-FAKE = "test-fake-safety"
-
-if FAKE not in ATTACKS:
-
-    @ATTACKS.register(FAKE, doc="test attack: grey images (fast)")
-    def _fake(view, update, callback=None):
-        return Reconstruction(images=torch.full((view.batch_size, *view.image_shape), 0.5), loss_history=[1.0])
+from conftest import GREY_ATTACK as FAKE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
+def _threads(keep_threads):
     yield
-    torch.set_num_threads(n)
 
 
 class Payload:
