@@ -184,6 +184,19 @@ def model_profile(cfg) -> dict:
     return {"params": params, "big_params": big, "largest": largest, "acts_per_image": acts[0]}
 
 
+def _load_run_libraries() -> None:
+    """Import what a run imports anyway (plots, metrics, image I/O): their resident size is part of the peak,
+    and it differs between installations, so it is measured rather than modelled."""
+    import importlib
+
+    for name in ("matplotlib.pyplot", "scipy.optimize", "skimage.metrics", "cv2", "fedleak.metrics",
+                 "fedleak.plots"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # optional or broken library: the run will report it itself
+            pass
+
+
 def estimate(cfg) -> Estimate:
     """Rough peak memory of ``fedleak run`` for a validated :class:`~fedleak.config.RunConfig`."""
     prof = model_profile(cfg)
@@ -208,6 +221,7 @@ def estimate(cfg) -> Estimate:
         "slack": SLACK,
     }
     added = sum(parts.values())
+    _load_run_libraries()  # so that "process now" includes the libraries every run loads
     now = current_rss()
     parts = {"process now": now, **parts}
     return Estimate(total=now + added, added=added, parts=parts,
