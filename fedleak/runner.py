@@ -156,7 +156,9 @@ def _check_enhancer(cfg) -> None:
     if _enhancer_enabled(cfg):
         from . import enhance as _enhance_mod
 
-        _enhance_mod.check_config(cfg.enhancer)  # fail before the attack: bad options or weights file
+        check = getattr(_enhance_mod, "check_config", None)  # optional part of the stage's interface
+        if check is not None:
+            check(cfg.enhancer)  # fail before the attack: bad options or weights file
 
 
 def _attack_options(cfg) -> dict:

@@ -209,6 +209,9 @@ def test_enhancer_hook_reports_raw_and_enhanced(tmp_path, monkeypatch):
     mod.__spec__ = importlib.machinery.ModuleSpec("fedleak.enhance", None)
     mod.enhance = enhance
     monkeypatch.setitem(sys.modules, "fedleak.enhance", mod)
+    import fedleak
+
+    monkeypatch.setattr(fedleak, "enhance", mod, raising=False)  # the real module may already be bound there
     cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "grey", "strength": 1})
     out = tmp_path / "enh"
     assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
