@@ -102,6 +102,16 @@ def run(args) -> dict:
         "ig_iterations": args.ig_iterations, "rog_iterations": args.rog_iterations, "seed": args.seed,
         "levels": args.levels, "mechanisms": args.mechanisms, "sizes": args.sizes,
         "rtf_structure": RTF_STRUCTURE}}
+    done = {}
+    out = Path(args.json)
+    if args.resume and out.is_file():  # keep finished rows of an interrupted run with the same settings
+        old = json.loads(out.read_text())
+        same = all(old.get("meta", {}).get(k) == results["meta"][k]
+                   for k in ("data", "batch", "start", "ig_iterations", "rog_iterations", "seed"))
+        if same:
+            done = {(r["size"], r["mechanism"], r["z"]): r for r in old.get("rows", [])}
+            results["structure"] = {int(k): v for k, v in old.get("structure", {}).items()}
+            print(f"resuming: {len(done)} finished row(s) from {out}", flush=True)
     t_all = time.perf_counter()
     for size in args.sizes:
         images = load_images(str(args.data), size, "crop", args.start, args.batch)
@@ -110,6 +120,9 @@ def run(args) -> dict:
             for z in args.levels:
                 if mech == "laplace" and z == 0:
                     continue  # no noise: identical in kind to the gaussian z = 0 row (clipping only)
+                if (size, mech, z) in done:
+                    results["rows"].append(done[(size, mech, z)])
+                    continue
                 obf = obfuscation(mech, z)
                 row = {"size": size, "mechanism": mech, "z": z, "attacks": {}, "seconds": {}}
                 # malicious server, our structure
@@ -146,6 +159,8 @@ def run(args) -> dict:
                     row["seconds"][name] = round(time.perf_counter() - t0, 2)
                     row["attacks"][name] = score(hon, rec, masks)
                 results["rows"].append(row)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=1, default=str))  # checkpoint after every row
                 ssims = " ".join(f"{k}={v['ssim']:.3f}" for k, v in row["attacks"].items())
                 print(f"[{time.perf_counter() - t_all:6.0f}s] {size}px {mech} z={z:g} eps={row['epsilon']:.4g} "
                       f"sigma_hat={row['noise_estimate']['sigma']:.3g} {ssims}", flush=True)
@@ -227,6 +242,33 @@ def markdown(results, bars) -> str:
     return "\n".join(lines)
 
 
+def true_std(mech: str, z: float, batch: int) -> float:
+    """Noise std per entry of what the server receives (C = 1)."""
+    return {"gaussian": z, "laplace": math.sqrt(2) * z, "dpsgd": z / batch}[mech]
+
+
+def compact(results, bars) -> str:
+    """One table per size: for every mechanism and z, PSNR / SSIM / subject PSNR / recovered per attack."""
+    lines = []
+    batch = results["meta"]["batch"]
+    for size in results["meta"]["sizes"]:
+        lines.append(f"\n**{size}x{size}** -- each cell: PSNR dB / SSIM / subject PSNR dB / recovered fraction\n")
+        lines.append("| mechanism | z | epsilon | sigma_hat (true) | " + " | ".join(ATTACK_NAMES) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(ATTACK_NAMES))
+        for r in results["rows"]:
+            if r["size"] != size:
+                continue
+            eps = "inf" if math.isinf(float(r["epsilon"])) else f"{float(r['epsilon']):.4g}"
+            sig = f"{r['noise_estimate']['sigma']:.3g} ({true_std(r['mechanism'], r['z'], batch):.3g})"
+            cells = []
+            for name in ATTACK_NAMES:
+                a = r["attacks"].get(name)
+                cells.append("-" if a is None else
+                             f"{fmt(a['psnr'], 1)} / {fmt(a['ssim'], 3)} / {fmt(a['psnr_subject'], 1)} / {a['recovered_fraction']:.2f}")
+            lines.append(f"| {r['mechanism']} | {r['z']:g} | {eps} | {sig} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results, path: Path) -> None:
     import matplotlib
 
@@ -274,14 +316,25 @@ def main(argv=None) -> int:
     p.add_argument("--levels", type=float, nargs="+", default=[0.0, 1e-3, 1e-2, 1e-1, 1.0])
     p.add_argument("--mechanisms", nargs="+", default=["gaussian", "laplace", "dpsgd"],
                    choices=["gaussian", "laplace", "dpsgd"])
-    p.add_argument("--ig-iterations", type=int, default=200)
-    p.add_argument("--rog-iterations", type=int, default=100)
+    p.add_argument("--ig-iterations", type=int, default=100)
+    p.add_argument("--rog-iterations", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="reuse finished rows from --json (same settings)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=str(REPO / "experiments" / "ldp_benchmark.json"))
     p.add_argument("--plot", default=str(REPO / "docs" / "ldp_curve.png"))
+    p.add_argument("--report", metavar="JSON", help="only print the tables (and re-plot) from a finished run")
     args = p.parse_args(argv)
     args.data = Path(args.data)
+    if args.report:
+        results = json.loads(Path(args.report).read_text())
+        for r in results["rows"]:
+            r["epsilon"] = float(r["epsilon"])
+        bars = bar_check(results)
+        plot(results, Path(args.plot))
+        print(compact(results, bars))
+        print(markdown(results, bars).split("#### Bar check")[1])
+        return 0
     results = run(args)
     bars = bar_check(results)
     results["bar"] = bars
