@@ -34,14 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenet-val-sample"
 
-SETTINGS: dict[str, dict] = {
-    "none": {"obfuscation": []},
-    "qsgd16": {"obfuscation": [{"name": "qsgd", "levels": 16}]},
-    "qsgd4": {"obfuscation": [{"name": "qsgd", "levels": 4}]},
-    "topk99": {"obfuscation": [{"name": "topk", "sparsity": 0.99}]},
-    "sign": {"obfuscation": [{"name": "sign"}], "attack": {"iterations": 100}},
-    "fedavg5": {"obfuscation": [], "protocol": {"name": "fedavg", "local_steps": 5, "lr": 0.003}},
-}
+# the same settings the enhancer's training pairs use (one definition)
+from fedleak.enhancer_data import OBFUSCATIONS as SETTINGS  # noqa: E402
+
 LABELS = {"none": "no obfuscation", "qsgd16": "QSGD-16", "qsgd4": "QSGD-4", "topk99": "top-k 99 %",
           "sign": "signSGD", "fedavg5": "FedAvg tau=5"}
 
