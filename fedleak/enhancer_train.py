@@ -17,7 +17,6 @@ learning-rate schedule. Deterministic for a seed (single thread).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import subprocess
@@ -211,12 +210,7 @@ def git_commit() -> Optional[str]:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .runio import _sha256  # noqa: E402  (one file-hash helper for the project)
 
 
 @dataclass
