@@ -154,7 +154,13 @@ def main():
     n = len(_list_folder(Path(args.data)))
     if args.limit:
         n = min(n, args.limit)
-    args.cache = str(Path(args.cache) / f"{args.attack}-{args.model}-{args.size}-b{args.batch}-{args.iterations}"
+    # the preset's settings are part of the key, so a changed preset never reuses stale reconstructions
+    import hashlib
+
+    from fedleak.attacks.presets import PRESETS
+
+    preset = hashlib.sha256(json.dumps(PRESETS.get(args.attack, {}), sort_keys=True).encode()).hexdigest()[:8]
+    args.cache = str(Path(args.cache) / f"{args.attack}-{preset}-{args.model}-{args.size}-b{args.batch}-{args.iterations}"
                                           f"-{args.sign_iterations}-s{args.seed}-n{n}")
     results = []
     t0 = time.time()

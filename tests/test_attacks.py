@@ -165,3 +165,16 @@ def test_rog_tiny_case_reaches_its_ceiling():
     rec = attack("rog", case.server_view(), case.client_update(), iterations=300)
     ceiling = rog_ceiling(case.images)
     assert float(psnr(case.images, rec.images)) > ceiling - 1.0
+
+
+def test_tv_size_scales_the_tv_weight_with_the_image_side():
+    case = tiny_case()  # 32x32
+    view, upd = case.server_view(), case.client_update()
+    common = dict(name="inverting-gradients", iterations=3, labels="known")
+    a = attack({**common, "tv": 0.4, "tv_size": 128}, view, upd)  # 0.4 * 32 / 128 = 0.1
+    b = attack({**common, "tv": 0.1, "tv_size": None}, view, upd)
+    c = attack({**common, "tv": 0.4, "tv_size": None}, view, upd)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+    with pytest.raises(ConfigError, match="tv_size"):
+        attack({**common, "tv_size": 0}, view, upd)

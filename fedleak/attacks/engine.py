@@ -5,7 +5,8 @@ Parts:
 * parameterisation of the unknown images: full-resolution ``pixels`` or a ``lowres`` latent upsampled
   bicubically by ``scale`` (ROG); ``box`` (projected to [0, 1] after each step) or ``sigmoid`` mapping;
 * matching loss: ``l2`` or ``cosine``, per-parameter ``layer_weights``, obfuscation-aware ``aware`` mode;
-* priors: total variation ``tv``; outputs are clamped to [0, 1];
+* priors: total variation ``tv`` (optionally scaled by image side / ``tv_size``: the mean pixel difference of a
+  natural image shrinks with resolution, so one weight then suits 32x32 and 128x128); outputs are clamped to [0, 1];
 * optimisers: ``adam`` (optionally ``signed`` steps, as Inverting Gradients), ``lbfgs`` (DLG);
   schedules ``cosine`` (to ``final_lr_factor`` x lr), ``multistep`` (x0.1 at 3/8, 5/8, 7/8), ``none``;
 * ``restarts`` keeping the lowest matching loss;
@@ -50,6 +51,7 @@ class EngineConfig:
     loss: str = "l2"  # l2 | cosine
     layer_weights: Optional[dict[str, float]] = None
     tv: float = 0.0
+    tv_size: Optional[int] = None  # if set, the TV weight is tv * (image side / tv_size)
     restarts: int = 1
     labels: str = "auto"
     aware: Any = "auto"  # auto | none | mask | sign | quant
@@ -101,6 +103,8 @@ class EngineConfig:
             raise ConfigError(f"attack option restarts must be a positive integer, got {self.restarts!r}")
         if not (isinstance(self.tv, (int, float)) and self.tv >= 0):
             raise ConfigError(f"attack option tv must be >= 0, got {self.tv!r}")
+        if self.tv_size is not None and (not isinstance(self.tv_size, int) or self.tv_size < 1):
+            raise ConfigError(f"attack option tv_size must be a positive integer or null, got {self.tv_size!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise ConfigError(f"attack option checkpoint_every must be a positive integer, got {self.checkpoint_every!r}")
         matching_mode([], self.aware)  # validates the value
@@ -315,11 +319,13 @@ def _one_run(cfg, r, gen, shape, labels, view, simulate, matcher, callback, ckpt
     nan_restarts = 0
     interrupted = False
 
+    tv_weight = cfg.tv * (max(latent.size) / cfg.tv_size if cfg.tv_size else 1.0)
+
     def objective():
         x = latent.images()
         y = label_param if soft else labels
         loss = matcher(simulate(x, y, soft))
-        total = loss + cfg.tv * total_variation(x) if cfg.tv else loss
+        total = loss + tv_weight * total_variation(x) if tv_weight else loss
         return total, loss
 
     it = start_it
