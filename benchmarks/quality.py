@@ -59,7 +59,8 @@ def base_config(args) -> dict:
         "model": {"name": args.model, "num_classes": 1000},
         "protocol": {"name": "fedsgd"},
         "obfuscation": [],
-        "attack": {"name": args.attack, "iterations": args.iterations, "seed": args.seed},
+        "attack": {"name": args.attack, "iterations": args.iterations, "seed": args.seed,
+                   **({"precision": args.precision} if args.precision else {})},
     }
 
 
@@ -139,6 +140,7 @@ def main():
     ap.add_argument("--model", default="lenet")
     ap.add_argument("--attack", default="rog", help="attack preset (rog, inverting-gradients, ...)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default=None, help="attack precision: float32, bfloat16, auto (default: the preset's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "quality"))
     ap.add_argument("--json", default=str(ROOT / "docs" / "quality.json"))
@@ -160,8 +162,9 @@ def main():
     from fedleak.attacks.presets import PRESETS
 
     preset = hashlib.sha256(json.dumps(PRESETS.get(args.attack, {}), sort_keys=True).encode()).hexdigest()[:8]
-    args.cache = str(Path(args.cache) / f"{args.attack}-{preset}-{args.model}-{args.size}-b{args.batch}-{args.iterations}"
-                                          f"-{args.sign_iterations}-s{args.seed}-n{n}")
+    key = (f"{args.attack}-{preset}-{args.model}-{args.size}-b{args.batch}-{args.iterations}-{args.sign_iterations}"
+           f"-s{args.seed}-n{n}" + (f"-{args.precision}" if args.precision else ""))
+    args.cache = str(Path(args.cache) / key)
     results = []
     t0 = time.time()
     for name in args.rows:

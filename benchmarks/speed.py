@@ -2,8 +2,10 @@
 
 The reference is the obvious implementation: ``torch.autograd.grad(loss, params, create_graph=True)`` on the
 ``nn.Module``, squared-L2 distance summed over all parameters, ``backward()`` to the image, one Adam step.
-fedleak's step is the ``rog`` engine step on the same model, images and target (same loss value up to float
-noise, which this script checks). Each measurement runs in its own subprocess so peak RSS is its own.
+fedleak's step is the ``rog`` engine step on the same model, images and target, in float32 (same loss value up
+to float noise, which this script checks) and, on CPUs with native bfloat16 (AVX512-BF16/AMX), with the
+simulated update autocast to bfloat16 (``precision: bfloat16``; its loss differs by bfloat16 rounding, and its
+effect on reconstruction quality is measured by ``benchmarks/quality.py --precision bfloat16``). Each measurement runs in its own subprocess so peak RSS is its own.
 
     python benchmarks/speed.py                    # LeNet and ResNet-18 (BN-free) at 128x128, batch 1 and 16
     python benchmarks/speed.py --quick            # LeNet 64x64 only, to try it out
@@ -49,8 +51,9 @@ def measure(which: str, model: str, size: int, batch: int, iters: int, warmup: i
     latent = Latent(ecfg, (batch, 3, size, size), torch.Generator().manual_seed(0))
     opt = torch.optim.Adam([latent.z], lr=0.05)
 
-    if which == "fedleak":
-        fwd = ForwardModel(net, dict(net.named_parameters()), dict(net.named_buffers()))
+    if which.startswith("fedleak"):
+        autocast = torch.bfloat16 if which == "fedleak-bf16" else None
+        fwd = ForwardModel(net, dict(net.named_parameters()), dict(net.named_buffers()), autocast=autocast)
         matcher = Matcher(target, "l2", "plain", None, tuple(fwd.big))
 
         def loss_fn(x):
@@ -119,6 +122,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--fedavg", type=int, default=5, help="local steps for the FedAvg row (0: skip)")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 column")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -132,12 +136,16 @@ def main():
         if args.fedavg:
             grid.append(("lenet", 128, 16, args.fedavg))
             grid.append(("resnet18-rog", 128, 1, args.fedavg))
+    from fedleak.attacks.engine import native_bfloat16
+
+    impls = ["plain", "fedleak"] + (["fedleak-bf16"] if native_bfloat16() and not args.no_bf16 else [])
     rows = []
-    print(f"{'model':<14}{'size':>5}{'batch':>6}{'proto':>9}{'plain s/it':>12}{'fedleak s/it':>14}{'speed-up':>10}"
-          f"{'plain MiB':>11}{'fedleak MiB':>13}{'loss rel.diff':>15}", flush=True)
+    print(f"{'model':<14}{'size':>5}{'batch':>6}{'proto':>9}{'plain s/it':>12}{'fp32 s/it':>11}{'speed-up':>10}"
+          f"{'bf16 s/it':>11}{'speed-up':>10}{'plain MiB':>11}{'fp32 MiB':>10}{'bf16 MiB':>10}"
+          f"{'fp32 loss diff':>16}{'bf16 loss diff':>16}", flush=True)
     for model, size, batch, fedavg in grid:
         res = {}
-        for which in ("plain", "fedleak"):
+        for which in impls:
             spec = dict(which=which, model=model, size=size, batch=batch, iters=args.iters, warmup=args.warmup,
                         threads=args.threads, fedavg=fedavg)
             out = subprocess.run([sys.executable, __file__, "--_child", json.dumps(spec)], capture_output=True,
@@ -146,13 +154,28 @@ def main():
                 print(out.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"measurement failed: {spec}")
             res[which] = json.loads(out.stdout.strip().splitlines()[-1])
-        p, f = res["plain"], res["fedleak"]
-        diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(p["losses"], f["losses"]))
+        p = res["plain"]
+
+        def diff(r):  # largest relative difference of the per-iteration loss values vs the plain loop
+            return max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(p["losses"], r["losses"]))
+
+        def cells(which):
+            if which not in res:
+                return f"{'n/a':>11}{'':>10}", f"{'':>10}", f"{'':>16}"
+            r = res[which]
+            return (f"{r['s_per_iter']:>11.3f}{p['s_per_iter'] / r['s_per_iter']:>9.2f}x", f"{r['peak_rss_mib']:>10.0f}",
+                    f"{diff(r):>16.2e}")
+
+        f32, b16 = cells("fedleak"), cells("fedleak-bf16")
         proto = f"fedavg{fedavg}" if fedavg else "fedsgd"
-        print(f"{model:<14}{size:>5}{batch:>6}{proto:>9}{p['s_per_iter']:>12.3f}{f['s_per_iter']:>14.3f}"
-              f"{p['s_per_iter'] / f['s_per_iter']:>9.2f}x{p['peak_rss_mib']:>11.0f}{f['peak_rss_mib']:>13.0f}"
-              f"{diff:>15.2e}", flush=True)
-        rows.append({"plain": p, "fedleak": f, "speedup": p["s_per_iter"] / f["s_per_iter"], "loss_rel_diff": diff})
+        print(f"{model:<14}{size:>5}{batch:>6}{proto:>9}{p['s_per_iter']:>12.3f}{f32[0]}{b16[0]}"
+              f"{p['peak_rss_mib']:>11.0f}{f32[1]}{b16[1]}{f32[2]}{b16[2]}", flush=True)
+        row = {"plain": p}
+        for which in impls[1:]:
+            row[which] = res[which]
+            row[f"speedup_{which}"] = p["s_per_iter"] / res[which]["s_per_iter"]
+            row[f"loss_rel_diff_{which}"] = diff(res[which])
+        rows.append(row)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

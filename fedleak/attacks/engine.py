@@ -68,6 +68,7 @@ class EngineConfig:
     lbfgs_inner: int = 1  # L-BFGS iterations per outer iteration
     line_search: Optional[str] = "strong_wolfe"  # L-BFGS line search (None: fixed step lr, as DLG)
     dtype: str = "float32"  # float32 | float64 (exact matching for tiny cases / L-BFGS)
+    precision: str = "float32"  # float32 | bfloat16 (autocast of the simulated update) | auto (see below)
 
     def validate(self) -> "EngineConfig":
         def bad(what, valid):
@@ -97,6 +98,8 @@ class EngineConfig:
             bad("labels", ", ".join(LABEL_METHODS))
         if self.dtype not in ("float32", "float64"):
             bad("dtype", "float32, float64")
+        if self.precision not in PRECISIONS:
+            bad("precision", ", ".join(PRECISIONS))
         if self.on_nan not in ("error", "restart"):
             bad("on_nan", "error, restart")
         if not isinstance(self.restarts, int) or self.restarts < 1:
@@ -109,6 +112,36 @@ class EngineConfig:
             raise ConfigError(f"attack option checkpoint_every must be a positive integer, got {self.checkpoint_every!r}")
         matching_mode([], self.aware)  # validates the value
         return self
+
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 convolutions natively (oneDNN: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(cfg: "EngineConfig", batch_size: int) -> Optional[torch.dtype]:
+    """The autocast dtype of the simulated update, or None for full precision.
+
+    ``auto`` picks bfloat16 only where benchmarks/speed.py and benchmarks/quality.py showed it pays and quality
+    holds (docs/results.md): Adam, float32 latent, a batch of at least ``AUTO_BF16_MIN_BATCH`` images, and a CPU
+    with native bfloat16. L-BFGS (DLG) and float64 runs always stay in full precision.
+    """
+    if cfg.precision == "float32" or cfg.dtype != "float32":
+        return None
+    if cfg.precision == "bfloat16":
+        return torch.bfloat16
+    if cfg.optimizer == "adam" and batch_size >= AUTO_BF16_MIN_BATCH and native_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+AUTO_BF16_MIN_BATCH = 4
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +258,8 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
         quant_levels = int(update.obfuscation[-1].get("levels", 0)) or None
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast)
+    autocast = resolve_precision(cfg, view.batch_size)
+    fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast, autocast)
     weights = None
     if cfg.layer_weights:
         weights = {}
@@ -277,6 +311,7 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
         "attack_config": asdict(cfg),
         "label_method": label_method,
         "matching_mode": mode,
+        "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
         "fast_layers": sorted(fwd.big),
         "best_loss": best["loss"],
         "best_restart": best.get("restart"),

@@ -11,6 +11,7 @@ correction ``z = h W_0^T - lr * (h H_<t^T) D_<t``, so no 33 M-weight copy is mad
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -23,8 +24,11 @@ from .matching import GradRep
 
 class ForwardModel:
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                 big_threshold: int = 1 << 20, fast: bool = True):
+                 big_threshold: int = 1 << 20, fast: bool = True, autocast: Optional[torch.dtype] = None):
         self.model = model
+        # lower-precision simulation (CPU autocast, e.g. bfloat16): convolutions and matmuls of the forward and
+        # backward pass run in that dtype; the gradients handed to the matcher are cast back to float32
+        self.autocast = autocast
         self.params = {k: v.detach() for k, v in params.items()}
         self.buffers = buffers
         self.big: dict[str, nn.Linear] = {}
@@ -60,16 +64,21 @@ class ForwardModel:
     def _grads(self, params, x, y, soft: bool):
         """Loss gradients: dense for small params, (D, H) for big linear weights."""
         self._captures = []
-        out = functional_call(self.model, (params, self.buffers), (x,))
-        if soft:
-            loss = torch.sum(-F.softmax(y, -1) * F.log_softmax(out, -1), -1).mean()
-        else:
-            loss = F.cross_entropy(out, y)
-        caps = self._captures
-        self._captures = []
-        small = [params[k] for k in self.small_names]
-        zs = [z for _, _, z in caps]
-        grads = torch.autograd.grad(loss, small + zs, create_graph=True)
+        ctx = torch.autocast("cpu", dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        with ctx:
+            out = functional_call(self.model, (params, self.buffers), (x,))
+            if soft:
+                loss = torch.sum(-F.softmax(y, -1) * F.log_softmax(out, -1), -1).mean()
+            else:
+                loss = F.cross_entropy(out, y)
+            caps = self._captures
+            self._captures = []
+            small = [params[k] for k in self.small_names]
+            zs = [z for _, _, z in caps]
+            grads = torch.autograd.grad(loss, small + zs, create_graph=True)
+        if self.autocast is not None:
+            grads = tuple(g.float() for g in grads)
+            caps = [(name, h.float(), z) for name, h, z in caps]
         dense = dict(zip(self.small_names, grads[: len(small)]))
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for (name, h, _), dz in zip(caps, grads[len(small):]):
