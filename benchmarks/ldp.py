@@ -13,7 +13,8 @@ shared) computes its update, and these attacks run on what the server receives:
                                  bins, no centring, model untouched: ``layout=nested, two_sided=false,
                                  centre=false, downstream_scale=1, bias_boost=0``);
 * ``inverting-gradients``, ``rog`` -- gradient matching on the update of the *honest* model (no structure),
-                                 with a reduced iteration budget (``--ig-iterations``, ``--rog-iterations``).
+                                 at the presets' iteration budgets unless ``--ig-iterations`` /
+                                 ``--rog-iterations`` say otherwise (0 skips them, e.g. for a fine z grid).
 
 Mechanisms: ``gaussian`` = ``ldp`` (clip the update's L2 norm to C = 1, add N(0, (zC)^2)); ``laplace`` =
 ``ldp(mechanism=laplace)`` (clip the L1 norm to C, add Laplace(b = zC)); ``dpsgd`` = per-example clipping to
@@ -152,10 +153,10 @@ def run(args) -> dict:
                 hon = make_case(images, args.data, size, obf, {"name": "honest"}, args.seed)
                 hup, hview = hon.client_update(), hon.server_view()
                 for name, its in (("inverting-gradients", args.ig_iterations), ("rog", args.rog_iterations)):
-                    if its <= 0:
+                    if its is not None and its <= 0:
                         continue
                     t0 = time.perf_counter()
-                    rec = attack({"name": name, "iterations": its}, hview, hup)
+                    rec = attack({"name": name, **({"iterations": its} if its else {})}, hview, hup)
                     row["seconds"][name] = round(time.perf_counter() - t0, 2)
                     row["attacks"][name] = score(hon, rec, masks)
                 results["rows"].append(row)
@@ -316,8 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--levels", type=float, nargs="+", default=[0.0, 1e-3, 1e-2, 1e-1, 1.0])
     p.add_argument("--mechanisms", nargs="+", default=["gaussian", "laplace", "dpsgd"],
                    choices=["gaussian", "laplace", "dpsgd"])
-    p.add_argument("--ig-iterations", type=int, default=100)
-    p.add_argument("--rog-iterations", type=int, default=50)
+    p.add_argument("--ig-iterations", type=int, default=None, help="default: the preset's (1000); 0 skips the attack")
+    p.add_argument("--rog-iterations", type=int, default=None, help="default: the preset's (100); 0 skips the attack")
     p.add_argument("--resume", action="store_true", help="reuse finished rows from --json (same settings)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
