@@ -54,7 +54,7 @@ class Uniform(Obfuscation):
                 out[k] = torch.zeros_like(t)
                 continue
             idx = torch.round((t.abs() / m * q).clamp(0, q))
-            out[k] = torch.sign(t) * idx * (m / q)
+            out[k] = torch.sign(t) * ((idx / q) * m)  # idx/q <= 1 first: never above M, even for subnormal M
         return out
 
     def bits(self, numels: list[int]) -> float:
