@@ -159,22 +159,27 @@ def is_complete(run_dir: str | Path, verify: bool = False) -> bool:
     return True
 
 
-def load_tensors(path: str | Path) -> dict:
-    """Load a ``torch.save`` result file (``reconstruction.pt``, checkpoints) safely: ``weights_only=True``
-    accepts tensors, numbers, strings and containers only, so a file carrying a pickled object (which could
-    run code) is refused with a :class:`FedleakError` instead of executed."""
+def torch_load_safely(path: Path, what: str, error: type[FedleakError] = FedleakError, hint: str = ""):
+    """``torch.load(path, weights_only=True)``: only tensors, numbers, strings and containers are accepted, so a
+    file carrying a pickled object (which could run code) is refused with ``error`` instead of executed; an
+    unreadable file also raises ``error``. ``what`` names the file in the message, ``hint`` ends it."""
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise error(f"{what} holds Python objects other than tensors and numbers; refusing to load it "
+                        f"(loading could run code){hint}") from None
+        raise error(f"{what} is unreadable ({type(e).__name__}){hint}") from None
+
+
+def load_tensors(path: str | Path) -> dict:
+    """Load a ``torch.save`` result file (``reconstruction.pt``, checkpoints) safely (:func:`torch_load_safely`)."""
     p = Path(path)
     if not p.is_file():
         raise FedleakError(f"{str(p)!r} not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
-            raise FedleakError(f"{str(p)!r} holds Python objects other than tensors and numbers; refusing to "
-                               "load it (loading could run code)") from None
-        raise FedleakError(f"{str(p)!r} is not a readable tensor file ({type(e).__name__})") from None
+    obj = torch_load_safely(p, repr(str(p)))
     if not isinstance(obj, dict):
         raise FedleakError(f"{str(p)!r} does not hold a dict of tensors (got {type(obj).__name__})")
     return obj

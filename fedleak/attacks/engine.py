@@ -115,6 +115,8 @@ class EngineConfig:
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+#: smallest batch for which ``precision: auto`` picks bfloat16 (below it bfloat16 measured no faster)
+AUTO_BF16_MIN_BATCH = 4
 
 
 def native_bfloat16() -> bool:
@@ -139,9 +141,6 @@ def resolve_precision(cfg: "EngineConfig", batch_size: int) -> Optional[torch.dt
     if cfg.optimizer == "adam" and batch_size >= AUTO_BF16_MIN_BATCH and native_bfloat16():
         return torch.bfloat16
     return None
-
-
-AUTO_BF16_MIN_BATCH = 4
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -516,14 +515,10 @@ def _load_checkpoint(path: Path, cfg: EngineConfig, fingerprint: Optional[str] =
     refused, not executed) and check it belongs to these attack settings and this update."""
     if path is None or not path.is_file():
         return None
+    from ..runio import torch_load_safely
+
     where = f"checkpoint {str(path)!r}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
-            raise ConfigError(f"{where} holds Python objects other than tensors and numbers; refusing to load it "
-                              "(loading could run code). Delete it to start over") from None
-        raise ConfigError(f"{where} is unreadable ({type(e).__name__}); delete it to start over") from None
+    state = torch_load_safely(path, where, ConfigError, "; delete it to start over")
     required = ("config", "restart", "best", "z", "opt", "sched", "history", "run_best", "iteration", "torch_rng")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ConfigError(f"{where} is not a fedleak attack checkpoint; delete it to start over")
