@@ -166,9 +166,10 @@ class Matcher:
 class _STEUniform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, levels):
-        m = g.abs().max().clamp_min(1e-30)
-        q = max(1, levels - 1)  # `levels` counts zero: grid {0, 1/(s-1), ..., 1} x max|g|, as fedleak.obfuscations
-        return torch.sign(g) * torch.round(g.abs() / m * q) / q * m
+        from ..obfuscations.quantization import quantize_uniform
+
+        # `levels` counts zero: grid {0, 1/(s-1), ..., 1} x max|g|, exactly the `uniform` obfuscation's rounding
+        return quantize_uniform(g, max(2, levels))
 
     @staticmethod
     def backward(ctx, grad):

@@ -16,7 +16,7 @@
 
 ``rog`` and ``inverting-gradients`` use ``precision: auto``: for a batch of 4 or more images on a CPU with native
 bfloat16 (AVX512-BF16 / AMX) the simulated update is computed under bfloat16 autocast, 1.5-2.5x faster per
-iteration with reconstruction quality within the float-noise spread of float32 runs (docs/results.md, section 3).
+iteration with reconstruction quality within the float-noise spread of float32 runs (docs/results.md, sections 3 and 3b).
 ``precision: float32`` restores full precision; dlg/idlg (L-BFGS) always run in full precision.
 
 All presets match obfuscation-aware by default (``aware: auto``): top-k / random-k / pruned updates are

@@ -29,6 +29,17 @@ def _rand_like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(t.shape, generator=gen, dtype=dtype)
 
 
+def quantize_uniform(t: torch.Tensor, levels: int) -> torch.Tensor:
+    """``sign(t) * round(|t| / M * q) / q * M`` with ``M = max|t|`` and ``q = levels - 1`` (round-half-to-even); a
+    zero or empty tensor stays zero. The attack's quantisation-aware matching applies the same function."""
+    q = levels - 1
+    m = t.abs().max() if t.numel() else torch.zeros((), dtype=t.dtype)
+    if m == 0:
+        return torch.zeros_like(t)
+    idx = torch.round((t.abs() / m * q).clamp(0, q))
+    return torch.sign(t) * ((idx / q) * m)  # idx/q <= 1 first: never above M, even for subnormal M
+
+
 @register("uniform")
 class Uniform(Obfuscation):
     """Deterministic uniform quantisation to `levels` magnitude levels of max|g| per tensor (sign kept).
@@ -46,16 +57,7 @@ class Uniform(Obfuscation):
         self.levels = as_int("levels", levels, lo=2)
 
     def apply(self, tensors: Tensors, ctx: ObfContext) -> Tensors:
-        q = self.levels - 1
-        out = {}
-        for k, t in tensors.items():
-            m = t.abs().max() if t.numel() else torch.zeros((), dtype=t.dtype)
-            if m == 0:
-                out[k] = torch.zeros_like(t)
-                continue
-            idx = torch.round((t.abs() / m * q).clamp(0, q))
-            out[k] = torch.sign(t) * ((idx / q) * m)  # idx/q <= 1 first: never above M, even for subnormal M
-        return out
+        return {k: quantize_uniform(t, self.levels) for k, t in tensors.items()}
 
     def bits(self, numels: list[int]) -> float:
         return _quantised_bits(numels, self.levels)
