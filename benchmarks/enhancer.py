@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenet-val-sample"
 
 # the same settings the enhancer's training pairs use (one definition)
-from fedleak.enhancer_data import OBFUSCATIONS as SETTINGS  # noqa: E402
+from fedleak.enhance.data import OBFUSCATIONS as SETTINGS  # noqa: E402
 
 LABELS = {"none": "no obfuscation", "qsgd16": "QSGD-16", "qsgd4": "QSGD-4", "topk99": "top-k 99 %",
           "sign": "signSGD", "fedavg5": "FedAvg tau=5"}
@@ -54,7 +54,7 @@ def case_config(data: str, setting: str, start: int, batch: int, seed: int = 0) 
 
 
 def batches(data: str, batch: int) -> list[tuple[int, int]]:
-    from fedleak.data import _list_folder
+    from fedleak.client.data import _list_folder
 
     n = len(_list_folder(Path(data)))
     return [(s, min(batch, n - s)) for s in range(0, n, batch)]
@@ -68,7 +68,7 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int) -> None
     import torch
 
     import fedleak
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cache.mkdir(parents=True, exist_ok=True)
     for setting in settings:
@@ -100,8 +100,8 @@ def score(data: str, cache: Path, settings: list[str], batch: int, weights: str 
     import torch
 
     import fedleak
-    from fedleak.case import Case
-    from fedleak.enhance import enhance
+    from fedleak.experiment.case import Case
+    from fedleak.enhance.stage import enhance
 
     methods = {"raw": None, "classical": {"name": "classical"},
                "learned": {"name": "learned", **({"weights": weights} if weights else {})}}

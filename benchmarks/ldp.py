@@ -58,7 +58,7 @@ def obfuscation(mech: str, z: float) -> list[dict]:
 
 
 def make_case(images, source, size, obf, server, seed):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = {
         "seed": seed,
@@ -90,8 +90,8 @@ def score(case, rec, masks) -> dict:
 
 def run(args) -> dict:
     from fedleak.attacks import attack
-    from fedleak.data import load_images
-    from fedleak.segmentation import masks as seg_masks
+    from fedleak.client.data import load_images
+    from fedleak.client.segmentation import masks as seg_masks
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")

@@ -75,8 +75,8 @@ def run_row(name: str, args, n_images: int) -> dict:
     import torch
 
     from fedleak.attacks import attack
-    from fedleak.case import Case
-    from fedleak.metrics import evaluate
+    from fedleak.experiment.case import Case
+    from fedleak.metrics.scores import evaluate
 
     cfg = merge(base_config(args), ROWS[name])
     if any(s.get("name") == "sign" for s in cfg["obfuscation"]) and args.sign_iterations:
@@ -151,7 +151,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    from fedleak.data import _list_folder
+    from fedleak.client.data import _list_folder
 
     n = len(_list_folder(Path(args.data)))
     if args.limit:

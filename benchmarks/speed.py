@@ -27,7 +27,7 @@ def measure(which: str, model: str, size: int, batch: int, iters: int, warmup: i
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
     from fedleak.attacks.engine import Latent, check_update
     from fedleak.attacks.matching import Matcher
     from fedleak.attacks.presets import engine_config
@@ -103,7 +103,7 @@ def measure(which: str, model: str, size: int, batch: int, iters: int, warmup: i
 
 
 def _images(size, batch):
-    from fedleak.data import ImageSet, load_builtin
+    from fedleak.client.data import ImageSet, load_builtin
 
     s = load_builtin(size, "stretch")
     reps = -(-batch // s.images.shape[0])

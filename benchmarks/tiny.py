@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from fedleak.attacks import attack
-from fedleak.case import Case
-from fedleak.data import ImageSet, load_builtin
-from fedleak.metrics import psnr
+from fedleak.experiment.case import Case
+from fedleak.client.data import ImageSet, load_builtin
+from fedleak.metrics.scores import psnr
 
 
 def tiny_case(model: str, activation: str) -> Case:

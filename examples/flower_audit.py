@@ -32,14 +32,14 @@ MODEL = {"name": "lenet", "num_classes": 1000}
 
 
 def make_model(size: int) -> torch.nn.Module:
-    from fedleak.models import build_model
+    from fedleak.client.models import build_model
 
     # the same architecture on clients and server; seed 0 fixes the initial global model
     return build_model(MODEL["name"], num_classes=MODEL["num_classes"], image_size=size, seed=0)
 
 
 def client_data(pid: int, size: int):
-    from fedleak.data import load_builtin
+    from fedleak.client.data import load_builtin
 
     d = load_builtin(size, start=pid, count=1)  # client `pid` holds bundled photo number `pid`
     return d.images, d.labels
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from flwr.server.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from fedleak.flower import AuditStrategy
+    from fedleak.integrations.flower import AuditStrategy
 
     size, levels = args.size, args.levels
 
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
             self.names = list(self.model.state_dict().keys())
 
         def fit(self, parameters, config):
-            from fedleak.obfuscations import ObfContext, build_pipeline
-            from fedleak.protocols import buffer_dict, fedavg, param_dict
+            from fedleak.client.obfuscations import ObfContext, build_pipeline
+            from fedleak.client.protocols import buffer_dict, fedavg, param_dict
 
             state = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(self.names, parameters)}
             self.model.load_state_dict(state)

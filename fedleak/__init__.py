@@ -26,15 +26,15 @@ except ImportError:  # pragma: no cover
 
 # public name -> (module, attribute)
 _LAZY = {
-    "Case": (".case", "Case"),
+    "Case": (".experiment.case", "Case"),
     "attack": (".attacks", "attack"),
     "Reconstruction": (".attacks", "Reconstruction"),
     "evaluate": (".metrics", "evaluate"),
     "load_config": (".config", "load_config"),
     "RunConfig": (".config", "RunConfig"),
-    "run": (".runner", "run"),
-    "Update": (".update", "Update"),
-    "ServerView": (".update", "ServerView"),
+    "run": (".experiment.runner", "run"),
+    "Update": (".client.update", "Update"),
+    "ServerView": (".server.view", "ServerView"),
     "FedleakError": (".errors", "FedleakError"),
     "ConfigError": (".errors", "ConfigError"),
 }
@@ -57,10 +57,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .attacks import Reconstruction, attack
-    from .case import Case
-    from .config import RunConfig, load_config
-    from .errors import ConfigError, FedleakError
-    from .metrics import evaluate
-    from .runner import run
-    from .update import ServerView, Update
+    from fedleak.attacks import Reconstruction, attack
+    from fedleak.experiment.case import Case
+    from fedleak.config import RunConfig, load_config
+    from fedleak.errors import ConfigError, FedleakError
+    from fedleak.metrics import evaluate
+    from fedleak.experiment.runner import run
+    from fedleak.client.update import Update
+    from fedleak.server.view import ServerView

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import FedleakError
+from fedleak.errors import FedleakError
 
 COMMANDS = ["list", "simulate", "run", "sweep", "report", "train-enhancer"]
 

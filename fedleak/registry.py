@@ -9,7 +9,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import ConfigError
+from fedleak.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from fedleak.enhance import classical
-    from fedleak.enhancer_data import load_pairs
-    from fedleak.metrics import psnr, ssim
+    from fedleak.enhance.stage import classical
+    from fedleak.enhance.data import load_pairs
+    from fedleak.metrics.scores import psnr, ssim
 
     blob = load_pairs(args.pairs)
     x = torch.cat([b["inputs"].float() for b in blob["batches"]])

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from fedleak.attacks import attack
 from fedleak.attacks.matching import Matcher, matching_mode
 from fedleak.attacks.simulate import ForwardModel
-from fedleak.case import Case
-from fedleak.data import ImageSet, load_builtin
+from fedleak.experiment.case import Case
+from fedleak.client.data import ImageSet, load_builtin
 from fedleak.errors import ConfigError, NumericalError
-from fedleak.metrics import psnr
+from fedleak.metrics.scores import psnr
 
 
 def tiny_case(model="lenet", activation="relu", obfuscation=None, protocol=None, n=1, size=32, labels=None,

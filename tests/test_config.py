@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedleak.config import RunConfig, load_config, parse_pipeline
+from fedleak.config.schema import RunConfig, load_config, parse_pipeline
 from fedleak.errors import ConfigError, NumericalError
 
 
@@ -120,7 +120,7 @@ def test_pipeline_string_syntax_errors():
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
 def test_nan_gradient_raises_numerical_error(base_config, protocol):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     case = Case(dict(base_config, protocol={"name": protocol}, obfuscation="qsgd(4)"))
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedleak.data import BUILTIN_PHOTOS, load_builtin, load_folder, load_images
+from fedleak.client.data import BUILTIN_PHOTOS, load_builtin, load_folder, load_images
 from fedleak.errors import DataError
 
 
@@ -79,7 +79,7 @@ def test_labels_csv_problems(tmp_path):
 
 
 def test_case_with_missing_folder_raises_data_error(base_config, tmp_path):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = dict(base_config, data={**base_config["data"], "source": str(tmp_path / "absent")})
     with pytest.raises(DataError, match="does not exist"):

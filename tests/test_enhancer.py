@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedleak import enhancer_net as EN
-from fedleak.enhance import check_config, classical, enhance, latent
+from fedleak.enhance import net as EN
+from fedleak.enhance.stage import check_config, classical, enhance, latent
 from fedleak.errors import ConfigError, DataError
 
 TINY = {"name": EN.ARCH_NAME, "version": EN.ARCH_VERSION, "scale": 4, "width": 8, "blocks": [1, 1, 1], "hr_width": 4}
@@ -130,7 +130,7 @@ def test_latent_inverts_bicubic_upsampling():
 
 
 def test_classical_identity_at_zero_weight_and_denoises():
-    from fedleak.metrics import psnr
+    from fedleak.metrics.scores import psnr
 
     x = _lowres_images(2, 64)
     assert torch.allclose(classical(x, 4, "tv", 0.0), x, atol=1e-4)
@@ -151,8 +151,8 @@ def test_classical_identity_at_zero_weight_and_denoises():
 def test_tiny_training_lowers_the_loss(tmp_path):
     import numpy as np
 
-    from fedleak.enhancer_data import crops_tensor, load_photos
-    from fedleak.enhancer_train import Degradation, TrainConfig, train
+    from fedleak.enhance.data import crops_tensor, load_photos
+    from fedleak.enhance.train import Degradation, TrainConfig, train
 
     torch.set_num_threads(1)
     # white latent noise: the simplest ROG-like degradation, learnable in a few dozen steps of a tiny net
@@ -189,7 +189,7 @@ def test_train_enhancer_cli_deterministic(tmp_path):
 
 
 def test_refuses_evaluation_folder(tmp_path):
-    from fedleak.enhancer_data import photo_paths
+    from fedleak.enhance.data import photo_paths
 
     d = tmp_path / "imagenet-val-sample"
     d.mkdir()
@@ -200,9 +200,9 @@ def test_refuses_evaluation_folder(tmp_path):
 # ------------------------------------------------------------------------------------------ pipeline
 def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, base_config):
     """At attack time the stage gets rec.images and the server view -- nothing derived from the true images."""
-    import fedleak.enhance as E
-    from fedleak.runner import run
-    from fedleak.update import ServerView
+    import fedleak.enhance.stage as E
+    from fedleak.experiment.runner import run
+    from fedleak.server.view import ServerView
 
     calls = []
     real = E.enhance
@@ -223,7 +223,7 @@ def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, b
     assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vars(view).values())
     rec = torch.load(run_dir / "reconstruction.pt", weights_only=True)
     assert torch.equal(images, rec["images"])  # exactly the attack's output
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     true = Case(cfg).images
     assert not torch.allclose(images, true, atol=1e-3)

@@ -17,9 +17,9 @@ from flwr.server.client_manager import SimpleClientManager  # noqa: E402
 from flwr.server.client_proxy import ClientProxy  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 
-from fedleak.case import Case  # noqa: E402
+from fedleak.experiment.case import Case  # noqa: E402
 from fedleak.errors import ConfigError  # noqa: E402
-from fedleak.flower import AuditStrategy  # noqa: E402
+from fedleak.integrations.flower import AuditStrategy  # noqa: E402
 
 SIZE = 16
 MODEL = {"name": "lenet", "num_classes": 1000}
@@ -125,7 +125,7 @@ def test_strategy_api_audits_sampled_updates_and_changes_nothing(tmp_path):
 
 def test_update_is_the_clients_gradient():
     """The Update rebuilt from Flower's parameters is what the fedleak client computed (FedSGD: delta / lr)."""
-    from fedleak.flower import build_update
+    from fedleak.integrations.flower import build_update
 
     lr = 0.5
     cases, glob, replies, grads = _fedsgd_round(lr)
@@ -183,13 +183,13 @@ def test_flower_simulation_two_clients_one_round(tmp_path):
     lr, steps, size = 0.05, 2, SIZE
 
     def data(pid):
-        from fedleak.data import load_builtin
+        from fedleak.client.data import load_builtin
 
         d = load_builtin(size, start=pid, count=1)
         return d.images, d.labels
 
     def model():
-        from fedleak.models import build_model
+        from fedleak.client.models import build_model
 
         return build_model("lenet", num_classes=1000, image_size=size, seed=0)
 
@@ -200,8 +200,8 @@ def test_flower_simulation_two_clients_one_round(tmp_path):
         def fit(self, parameters, config):
             import torch as T
 
-            from fedleak.obfuscations import ObfContext, build_pipeline
-            from fedleak.protocols import buffer_dict, fedavg, param_dict
+            from fedleak.client.obfuscations import ObfContext, build_pipeline
+            from fedleak.client.protocols import buffer_dict, fedavg, param_dict
 
             T.set_num_threads(1)
             m = model()

@@ -21,8 +21,8 @@ from PIL import Image
 
 from fedleak import cli
 from fedleak.attacks import ATTACKS, Reconstruction
-from fedleak.config import apply_override, load_config
-from fedleak.data import load_folder, load_image
+from fedleak.config.schema import apply_override, load_config
+from fedleak.client.data import load_folder, load_image
 from fedleak.errors import ConfigError, DataError, FedleakError
 
 from conftest import GREY_ATTACK as FAKE  # noqa: E402

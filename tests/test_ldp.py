@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from fedleak.attacks import attack
-from fedleak.attacks.imprint import (ci_filter, estimate_noise, interval_halfwidth, segment_rows,
+from fedleak.attacks.readout import (ci_filter, estimate_noise, interval_halfwidth, segment_rows,
                                      sliding_dct_filter)
 from fedleak.errors import ConfigError
 
 
 def _case(attack_cfg, obfuscation=None, size=32, batch=8, **server):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = {
         "data": {"source": "builtin", "size": size, "batch_size": batch},
@@ -32,7 +32,7 @@ def _case(attack_cfg, obfuscation=None, size=32, batch=8, **server):
 
 
 def _needs(name):
-    from fedleak.obfuscations import OBFUSCATIONS
+    from fedleak.client.obfuscations import OBFUSCATIONS
 
     if name not in OBFUSCATIONS:
         pytest.skip(f"obfuscation {name!r} not available yet")
@@ -196,8 +196,8 @@ def test_structure_keeps_predictions_and_takes_the_budget(attack_cfg):
 
 
 def test_public_data_excludes_evaluation_photos():
-    from fedleak.data import BUILTIN_PHOTOS
-    from fedleak.imprint import public_files
+    from fedleak.client.data import BUILTIN_PHOTOS
+    from fedleak.server.imprint import public_files
 
     names = {p.name for p in public_files("auto", exclude_builtin=True)}
     assert names and not names & {f for f, _ in BUILTIN_PHOTOS}
@@ -215,7 +215,7 @@ def test_other_characteristics_read_out_exactly(attack_cfg, characteristic):
 
 
 def test_bad_options_and_missing_structure(attack_cfg, base_config):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     with pytest.raises(ConfigError, match="characteristic"):
         _case(attack_cfg, characteristic="hue")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedleak.errors import ConfigError
-from fedleak.models import MODELS, build_model
+from fedleak.client.models import MODELS, build_model
 
 
 def shapes(model: nn.Module) -> dict[str, tuple]:
@@ -147,7 +147,7 @@ def test_user_model_errors(user_module, spec, needle):
 
 
 def test_user_model_in_a_case(user_module, base_config):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     case = Case(dict(base_config, model={"name": f"import:{user_module}:Tiny", "num_classes": 1000,
                                          "options": {"hidden": 6}}))

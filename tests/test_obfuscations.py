@@ -9,10 +9,10 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fedleak.config import parse_pipeline
+from fedleak.config.schema import parse_pipeline
 from fedleak.errors import ConfigError, NumericalError
-from fedleak.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline, first_param
-from fedleak.obfuscations.sparsification import kept_count
+from fedleak.client.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline, first_param
+from fedleak.client.obfuscations.sparsification import kept_count
 
 ALL = ["clip", "dpsgd", "gaussian", "laplace", "ldp", "prune", "qsgd", "randk", "sign", "topk", "uniform"]
 FAST = settings(max_examples=30, deadline=None)

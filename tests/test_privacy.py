@@ -9,8 +9,8 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from fedleak import privacy
-from fedleak.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline
+from fedleak.client import privacy
+from fedleak.client.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
@@ -84,7 +84,7 @@ def test_noise_multiplier_for_rejects_impossible_budget():
 
 
 def test_privacy_module_imports_opacus_lazily():
-    code = "import sys, fedleak.privacy, fedleak.obfuscations, fedleak.config; assert 'opacus' not in sys.modules"
+    code = "import sys, fedleak.client.privacy, fedleak.client.obfuscations, fedleak.config; assert 'opacus' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedleak import privacy
+from fedleak.client import privacy
 from fedleak.errors import ConfigError
-from fedleak.models import build_model
-from fedleak.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline
-from fedleak.protocols import (
+from fedleak.client.models import build_model
+from fedleak.client.obfuscations import OBFUSCATIONS, ObfContext, build_pipeline
+from fedleak.client.protocols import (
     batch_gradient, buffer_dict, fedavg, fedsgd, minibatches, param_dict, per_example_gradients,
 )
 
@@ -197,7 +197,7 @@ def test_dpsgd_noise_has_std_z_c_over_b():
 
 
 def test_case_reports_dpsgd_privacy_for_fedavg(base_config):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = dict(base_config)
     cfg["data"] = {**cfg["data"], "batch_size": 4}
@@ -211,7 +211,7 @@ def test_case_reports_dpsgd_privacy_for_fedavg(base_config):
 
 
 def test_case_is_deterministic_and_counts_bits(base_config):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = dict(base_config, obfuscation="clip(1.0) -> qsgd(4)")
     a, b = Case(cfg).client_update(), Case(cfg).client_update()

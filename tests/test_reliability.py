@@ -19,12 +19,13 @@ import torch
 import yaml
 
 import fedleak
-from fedleak import cli, runio
+from fedleak import cli
+from fedleak import io as runio
 from fedleak.attacks import ATTACKS, Reconstruction
 from fedleak.attacks import engine
 from fedleak.attacks.engine import run_engine
 from fedleak.attacks.presets import engine_config
-from fedleak.case import Case
+from fedleak.experiment.case import Case
 from fedleak.errors import ConfigError, FedleakError, NumericalError
 
 FAKE = "test-fake-reliability"
@@ -195,7 +196,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, capsys):
 def test_ctrl_c_then_resume(tmp_path, monkeypatch, capsys):
     """Ctrl-C: partial results, exit 130, the checkpoint kept and the resume command printed; --resume then
     finishes the run exactly as if it had not been interrupted."""
-    from fedleak import runner
+    from fedleak.experiment import runner
 
     cfg = _write_cfg(tmp_path / "c.yaml", {"name": "rog", "iterations": 12, "checkpoint_every": 5})
     orig = runner.Progress.__call__
@@ -364,8 +365,8 @@ def test_check_complete_manifest(tmp_path):
 
 
 def test_report_and_sweep_refuse_tampered_or_incomplete_folders(tmp_path):
-    report = pytest.importorskip("fedleak.report")
-    sweep = pytest.importorskip("fedleak.sweep")
+    report = pytest.importorskip("fedleak.report.html")
+    sweep = pytest.importorskip("fedleak.experiment.sweep")
     cfg = _write_cfg(tmp_path / "c.yaml", {"name": FAKE})
     d, _ = fedleak.run(cfg, out=tmp_path / "cell", progress=False)
     req = {"ask": 1}
@@ -395,7 +396,7 @@ def test_memory_guard_refuses_before_any_work(tmp_path, capsys):
 
 
 def test_memory_limit_and_force(tmp_path, monkeypatch, capsys):
-    from fedleak import resources
+    from fedleak.experiment import resources
 
     cfg = _write_cfg(tmp_path / "c.yaml", {"name": FAKE})
     monkeypatch.setenv("FEDLEAK_MEMORY_LIMIT", "64M")
@@ -412,8 +413,9 @@ def test_memory_limit_and_force(tmp_path, monkeypatch, capsys):
 _MEASURE = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from fedleak import resources, runner
-from fedleak.config import load_config
+from fedleak.experiment import resources
+from fedleak.experiment import runner
+from fedleak.config.schema import load_config
 cfg = json.loads(sys.argv[1])
 est = resources.estimate(load_config(base=cfg))
 runner.run(cfg, out=sys.argv[2], progress=False)

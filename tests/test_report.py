@@ -15,9 +15,9 @@ from PIL import Image
 
 from fedleak import cli
 from fedleak.errors import FedleakError
-from fedleak.report import write_report
-from fedleak.runner import run
-from fedleak.sweep import run_sweep
+from fedleak.report.html import write_report
+from fedleak.experiment.runner import run
+from fedleak.experiment.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = {"seed": 1, "threads": 1, "data": {"source": "builtin", "size": 16, "batch_size": 2},
@@ -109,7 +109,7 @@ def test_run_report_shows_originals_next_to_reconstructions_with_metrics(run_dir
         if im.get("data-kind") in ("original", "reconstruction"):
             assert pic.size == (16, 16)
     # the originals shown are the client's images (reloaded from the config), the reconstructions the saved ones
-    from fedleak.data import load_builtin
+    from fedleak.client.data import load_builtin
 
     truth = load_builtin(16, count=2).images
     origs = [torch.tensor(np.asarray(decode(im["src"], run_dir).convert("RGB")), dtype=torch.float32).reshape(-1, 3)

@@ -10,9 +10,10 @@ import torch
 import yaml
 
 import fedleak
-from fedleak import cli, runner
+from fedleak import cli
+from fedleak.experiment import runner
 from fedleak.attacks import ATTACKS, Reconstruction
-from fedleak.config import load_config
+from fedleak.config.schema import load_config
 
 FAKE = "test-fake-run"
 
@@ -205,13 +206,12 @@ def test_enhancer_hook_reports_raw_and_enhanced(tmp_path, monkeypatch):
         calls["view"] = view
         return images * 0 + 0.5  # flat grey
 
-    mod = types.ModuleType("fedleak.enhance")
-    mod.__spec__ = importlib.machinery.ModuleSpec("fedleak.enhance", None)
-    mod.enhance = enhance
-    monkeypatch.setitem(sys.modules, "fedleak.enhance", mod)
-    import fedleak
+    import fedleak.enhance
 
-    monkeypatch.setattr(fedleak, "enhance", mod, raising=False)  # the real module may already be bound there
+    mod = types.ModuleType("fedleak.enhance.stage")
+    mod.enhance = enhance
+    monkeypatch.setitem(sys.modules, "fedleak.enhance.stage", mod)
+    monkeypatch.setattr(fedleak.enhance, "stage", mod, raising=False)
     cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "grey", "strength": 1})
     out = tmp_path / "enh"
     assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
@@ -262,7 +262,7 @@ def test_sigint_subprocess(tmp_path):
 
 
 def test_subject_masks_from_segmenter(tmp_path):
-    pytest.importorskip("fedleak.segmentation")
+    pytest.importorskip("fedleak.client.segmentation")
     cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2})
     out = tmp_path / "seg"
     assert cli.main(["run", str(cfg), "--out", str(out), "-q", "--set", "data.segmenter=grabcut"]) == 0
@@ -273,7 +273,7 @@ def test_subject_masks_from_segmenter(tmp_path):
 def test_plots_wrap_enhanced_and_odd_losses(tmp_path):
     from matplotlib.image import imread
 
-    from fedleak import plots
+    from fedleak.metrics import plots
 
     x = torch.rand(10, 3, 8, 8)
     plots.save_grid(x, x.flip(0), tmp_path / "g.png", psnrs=[float(i) for i in range(10)], enhanced=x,

@@ -15,12 +15,13 @@ import torch
 import yaml
 
 import fedleak
-from fedleak import cli, runio
+from fedleak import cli
+from fedleak import io as runio
 from fedleak.attacks import ATTACKS, Reconstruction, engine
 from fedleak.attacks.presets import engine_config
-from fedleak.config import load_config
+from fedleak.config.schema import load_config
 from fedleak.errors import ConfigError, DataError, FedleakError
-from fedleak.update import Update
+from fedleak.client.update import Update
 
 PKG = Path(fedleak.__file__).parent
 from conftest import GREY_ATTACK as FAKE  # noqa: E402
@@ -87,7 +88,7 @@ def test_reconstruction_with_code_is_refused(tmp_path):
     with pytest.raises(FedleakError, match="refusing to load it"):
         runio.load_tensors(rec)
     assert not marker.exists()
-    report = pytest.importorskip("fedleak.report")
+    report = pytest.importorskip("fedleak.report.html")
     # a report of a run folder holding the payload shows no reconstruction and runs nothing
     cfg = {"threads": 1, "data": {"size": 16, "batch_size": 1}, "model": {"name": "lenet"},
            "attack": {"name": FAKE}}
@@ -114,7 +115,7 @@ def test_yaml_with_python_tags_is_refused(tmp_path, capsys, tag):
         load_config(base={}, overrides=[f"data={tag.format(m=marker)}"])
     assert not marker.exists() and not (tmp_path / "out").exists()
     try:
-        from fedleak.sweep import load_sweep
+        from fedleak.experiment.sweep import load_sweep
     except ImportError:
         return
     (tmp_path / "s.yaml").write_text(f"base: {tag.format(m=marker)}\n")
@@ -133,7 +134,7 @@ def test_update_and_enhancer_files_are_safetensors_only(tmp_path):
     with pytest.raises(DataError):
         Update.load(torch_zip)
     try:
-        from fedleak import enhancer_net
+        from fedleak.enhance import net as enhancer_net
     except ImportError:
         enhancer_net = None
     if enhancer_net is not None:

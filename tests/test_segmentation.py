@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedleak import segmentation as S
+from fedleak.client import segmentation as S
 from fedleak.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def test_sam_without_checkpoint_gives_clear_error():
 
 
 def test_subject_only_zero_and_mean_fill():
-    from fedleak.data import ImageSet
+    from fedleak.client.data import ImageSet
 
     img, disc = disc_image()
     ims = ImageSet(img[None].clone(), torch.tensor([0]), ["disc"])
@@ -73,7 +73,7 @@ def test_subject_only_zero_and_mean_fill():
 
 
 def test_case_subject_only_uses_segmenter(base_config):
-    from fedleak.case import Case
+    from fedleak.experiment.case import Case
 
     cfg = dict(base_config)
     cfg["data"] = {**cfg["data"], "subject_only": True, "segmenter": "grabcut"}

@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 
 from fedleak import cli
-from fedleak.config import parse_value
+from fedleak.config.schema import parse_value
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.sweep import COLUMNS, flow, load_sweep, plot_frontiers, run_sweep, table_csv, table_markdown
+from fedleak.experiment.sweep import COLUMNS, flow, load_sweep, plot_frontiers, run_sweep, table_csv, table_markdown
 
 BASE = {
     "data": {"source": "builtin", "size": 16, "batch_size": 1},

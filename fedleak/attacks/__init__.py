@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import ConfigError
-from ..registry import Registry, check_kwargs
+from fedleak.errors import ConfigError
+from fedleak.registry import Registry, check_kwargs
 
 
 @dataclass
@@ -58,5 +58,5 @@ def check_attack_config(cfg: dict) -> None:
         validator(**opts)
 
 
-from . import presets  # noqa: E402,F401  (registration)
-from . import imprint  # noqa: E402,F401  (registration: imprint, ldp-imprint)
+from fedleak.attacks import presets  # noqa: E402,F401  (registration)
+from fedleak.attacks import readout  # noqa: E402,F401  (registration: imprint, ldp-imprint)

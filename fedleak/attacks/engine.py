@@ -28,12 +28,12 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, NumericalError
-from . import Reconstruction
-from .labels import METHODS as LABEL_METHODS
-from .labels import recover_labels
-from .matching import Matcher, matching_mode
-from .simulate import ForwardModel
+from fedleak.errors import ConfigError, NumericalError
+from fedleak.attacks import Reconstruction
+from fedleak.attacks.labels import METHODS as LABEL_METHODS
+from fedleak.attacks.labels import recover_labels
+from fedleak.attacks.matching import Matcher, matching_mode
+from fedleak.attacks.simulate import ForwardModel
 
 
 @dataclass
@@ -500,7 +500,7 @@ def _save_checkpoint(path: Path, cfg: EngineConfig, restart: int, snap: dict, be
     """Write the whole attack state (``torch.save`` of plain tensors/numbers only, so it loads with
     ``weights_only=True``) to a temporary file and rename it over ``path``: a kill at any moment leaves either
     the previous checkpoint or the new one, never a torn file."""
-    from ..runio import atomic_path
+    from fedleak.io import atomic_path
 
     meta = meta or {}
     payload = {"version": 2, "config": _config_key(cfg), "iterations": cfg.iterations, "restart": restart,
@@ -515,7 +515,7 @@ def _load_checkpoint(path: Path, cfg: EngineConfig, fingerprint: Optional[str] =
     refused, not executed) and check it belongs to these attack settings and this update."""
     if path is None or not path.is_file():
         return None
-    from ..runio import torch_load_safely
+    from fedleak.io import torch_load_safely
 
     where = f"checkpoint {str(path)!r}"
     state = torch_load_safely(path, where, ConfigError, "; delete it to start over")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from fedleak.errors import ConfigError
 
 METHODS = ("known", "idlg", "yin", "llg", "optimize", "auto")
 

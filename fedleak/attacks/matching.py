@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError
+from fedleak.errors import ConfigError
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Matcher:
 class _STEUniform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, levels):
-        from ..obfuscations.quantization import quantize_uniform
+        from fedleak.client.obfuscations.quantization import quantize_uniform
 
         # `levels` counts zero: grid {0, 1/(s-1), ..., 1} x max|g|, exactly the `uniform` obfuscation's rounding
         return quantize_uniform(g, max(2, levels))

@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import ATTACKS, Reconstruction
-from .engine import EngineConfig, run_engine
+from fedleak.attacks import ATTACKS, Reconstruction
+from fedleak.attacks.engine import EngineConfig, run_engine
 
 PRESETS: dict[str, dict[str, Any]] = {
     "dlg": dict(iterations=50, lr=1.0, optimizer="lbfgs", lbfgs_inner=20, line_search=None, schedule="none",
@@ -69,13 +69,13 @@ def _make(preset: str):
     def validate(**options):
         unknown = set(options) - _FIELDS
         if unknown:
-            from ..errors import ConfigError
+            from fedleak.errors import ConfigError
 
             raise ConfigError(f"attack {preset!r}: unknown option(s) {sorted(unknown)}; valid: {', '.join(sorted(_FIELDS))}")
         try:
             engine_config(preset, None, **options).validate()
         except TypeError as e:
-            from ..errors import ConfigError
+            from fedleak.errors import ConfigError
 
             raise ConfigError(f"attack {preset!r}: {e}") from None
 

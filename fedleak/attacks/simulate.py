@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .matching import GradRep
+from fedleak.attacks.matching import GradRep
 
 
 class ForwardModel:
@@ -106,7 +106,7 @@ class ForwardModel:
     def fedavg(self, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
                local_batch_size: Optional[int] = None, soft: bool = False) -> GradRep:
         """Pseudo-gradient (theta0 - theta_tau) / lr of ``steps`` unrolled SGD steps."""
-        from ..protocols import minibatches
+        from fedleak.client.protocols import minibatches
 
         p = self._leaf_params()
         acc: dict[str, torch.Tensor] = {}

@@ -7,12 +7,12 @@ def add_parser(sub):
 
 
 def registries() -> dict:
-    from ..models import MODELS
-    from ..obfuscations import OBFUSCATIONS
+    from fedleak.client.models import MODELS
+    from fedleak.client.obfuscations import OBFUSCATIONS
 
     regs = {"model": MODELS, "obfuscation": OBFUSCATIONS}
     try:
-        from ..attacks import ATTACKS
+        from fedleak.attacks import ATTACKS
 
         regs["attack"] = ATTACKS
     except ImportError:

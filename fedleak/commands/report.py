@@ -22,7 +22,7 @@ def add_parser(sub):
 
 
 def main(args) -> int:
-    from ..report import write_report
+    from fedleak.report.html import write_report
 
     print(write_report(args.path, allow_incomplete=args.allow_incomplete, out=args.out))
     return 0

@@ -39,7 +39,7 @@ def add_parser(sub):
 
 
 def main(args) -> int:
-    from ..runner import check, run, summary_lines
+    from fedleak.experiment.runner import check, run, summary_lines
 
     overrides = list(args.overrides)
     if getattr(args, "enhancer", None):
@@ -47,7 +47,7 @@ def main(args) -> int:
 
         overrides.append("enhancer=" + json.dumps({"name": "learned", "weights": str(args.enhancer)}))
     if args.check:
-        from ..resources import available_bytes, gib
+        from fedleak.experiment.resources import available_bytes, gib
 
         cfg, attack_opts, est = check(args.config, overrides, force=args.force)
         avail, src = available_bytes()

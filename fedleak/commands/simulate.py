@@ -16,9 +16,9 @@ def add_parser(sub):
 def main(args) -> int:
     import torch
 
-    from ..case import Case
-    from ..config import load_config
-    from ..runio import mark_complete, new_run_dir, write_json, write_text
+    from fedleak.experiment.case import Case
+    from fedleak.config.schema import load_config
+    from fedleak.io import mark_complete, new_run_dir, write_json, write_text
 
     cfg = load_config(args.config, args.overrides)
     if cfg.threads:

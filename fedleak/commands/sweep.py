@@ -33,8 +33,8 @@ def add_parser(sub):
 
 
 def main(args) -> int:
-    from ..errors import ConfigError
-    from ..sweep import run_sweep, table_markdown
+    from fedleak.errors import ConfigError
+    from fedleak.experiment.sweep import run_sweep, table_markdown
 
     for name in ("workers", "threads"):
         v = getattr(args, name)

@@ -38,10 +38,10 @@ def add_parser(sub):
 def main(args) -> int:
     import torch
 
-    from ..enhancer_data import DEFAULT_PAIR_PLAN, load_pairs, make_pairs
-    from ..enhancer_net import DEFAULT_ARCH
-    from ..enhancer_train import TrainConfig, train
-    from ..errors import ConfigError
+    from fedleak.enhance.data import DEFAULT_PAIR_PLAN, load_pairs, make_pairs
+    from fedleak.enhance.net import DEFAULT_ARCH
+    from fedleak.enhance.train import TrainConfig, train
+    from fedleak.errors import ConfigError
 
     torch.set_num_threads(max(1, args.threads))
     if args.steps < 1:

@@ -1,0 +1,448 @@
+"""Analytic readout of an imprint structure planted by the ``malicious-imprint`` server scenario.
+
+``imprint``
+    Plain Robbing-the-Fed readout, no denoising: in each family of nested rows the difference of adjacent
+    rows isolates one bin (window layout: each row is one bin); every bin with a non-zero bias entry gives
+    ``x = dW / db + shift_i`` (``shift_i`` the unit's reference image). The B
+    bins with the largest |db| are returned.
+
+``ldp-imprint``
+    The attack on clipped + noised (local DP / DP-SGD) updates:
+
+    1. **Noise estimate.** The probe units can never fire, so their weights and biases (P (d + 1) numbers)
+       are pure noise. Assuming zero-mean i.i.d. noise, the maximum-likelihood Gaussian
+       (``sigma^2 = mean e^2``) and Laplace (``b = mean |e|``) fits are compared by log-likelihood; the
+       better one gives the distribution and the noise std (``sqrt(2) b`` for Laplace). The client's epsilon
+       is not used.
+    2. **Combining redundant rows.** Within one family the rows between two occupied bins carry the same
+       true value, so each family is cut into constant segments by exact dynamic programming (penalised
+       least squares; rows beyond the outermost threshold are known to be 0). A new segment is accepted only
+       when it lowers the residual by more than ``lambda = sigma^2 (D + kappa sqrt(2 D k))`` -- the upper end
+       of a confidence interval for the residual drop that pure noise would give (chi-square with D = d + 1
+       degrees of freedom, ``k`` = 1 for Gaussian and 2.5 for Laplace noise, ``kappa`` the normal quantile
+       at ``confidence`` with a Bonferroni correction over the rows, scaled by ``ci_scale``). Each segment is
+       then the average of its rows (noise std / sqrt(rows)).
+    3. **Filtering with a scaled confidence interval.** A sample is the difference of two adjacent segment
+       means, with known noise std ``s = sigma sqrt(1/n1 + 1/n2)``. Only coefficients outside the interval
+       ``+- ci_scale * q(confidence) * s`` (``q`` = the Gaussian or Laplace quantile of the estimated
+       distribution) are kept, the others are set to 0. ``filter_domain="dct"`` (default) filters in an
+       orthonormal basis where natural images are sparse and i.i.d. noise stays i.i.d. with the same std:
+       an orthonormal colour transform followed by all overlapping 8x8 DCT blocks (hard thresholding, the
+       overlapping estimates averaged); ``"pixel"`` filters the weight-row entries themselves; ``"none"``.
+    4. **Readout.** ``x = dW / c + shift_i`` with the per-sample scale ``c`` estimated from the bias difference
+       and -- because ``a . z = v`` lies inside the sample's bin -- from ``(a . dW) / v_mid`` as well; the
+       two are combined by inverse-variance weighting (without noise the bias ratio is exact).
+    5. **De-duplication.** Candidates whose readouts correlate above ``dedup`` are merged (SNR-weighted).
+
+    Reconstructions are ranked by SNR; the top B are returned, padded with the public mean image when fewer
+    were found (``info['recovered']`` is the number actually found).
+
+Both attacks need ``view.extra['imprint']`` (the layout the server planted) and use only the update, the
+model state the server sent and that layout -- never the client's images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fedleak.errors import ConfigError
+from fedleak.attacks import ATTACKS, Reconstruction
+
+DISTRIBUTIONS = ("gaussian", "laplace")
+
+
+# --------------------------------------------------------------------------------------- noise & filter
+def estimate_noise(samples: torch.Tensor) -> dict[str, Any]:
+    """Zero-mean noise fit from values whose true value is 0 (the probe units' update entries).
+
+    Returns ``sigma`` (std), ``distribution`` (gaussian | laplace | none), ``scale`` (sigma for Gaussian, b
+    for Laplace), ``n``, both log-likelihoods per sample and the excess kurtosis (0 Gaussian, 3 Laplace).
+    """
+    e = samples.detach().double().flatten()
+    e = e[torch.isfinite(e)]
+    n = int(e.numel())
+    if n == 0:
+        raise ValueError("no probe values to estimate the noise from")
+    m2 = float((e * e).mean())
+    m1 = float(e.abs().mean())
+    if m2 <= 0.0:
+        return {"sigma": 0.0, "distribution": "none", "scale": 0.0, "n": n, "loglik_gaussian": None,
+                "loglik_laplace": None, "excess_kurtosis": None}
+    ll_g = -0.5 * math.log(2 * math.pi * m2) - 0.5
+    ll_l = -math.log(2 * m1) - 1.0 if m1 > 0 else -math.inf
+    dist = "laplace" if ll_l > ll_g else "gaussian"
+    sigma = math.sqrt(m2) if dist == "gaussian" else math.sqrt(2.0) * m1
+    kurt = float((e**4).mean()) / m2**2 - 3.0
+    return {"sigma": sigma, "distribution": dist, "scale": math.sqrt(m2) if dist == "gaussian" else m1, "n": n,
+            "loglik_gaussian": ll_g, "loglik_laplace": ll_l, "excess_kurtosis": kurt}
+
+
+def interval_halfwidth(sigma: float, distribution: str = "gaussian", confidence: float = 0.995,
+                       scale: float = 1.0) -> float:
+    """Half-width h of the two-sided interval [-h, h] holding zero-mean noise of std ``sigma`` with
+    probability ``confidence``, multiplied by ``scale``. Gaussian: ``sigma * Phi^-1(1 - alpha/2)``;
+    Laplace (b = sigma / sqrt 2): ``b * ln(1 / alpha)``; alpha = 1 - confidence."""
+    from scipy.special import ndtri
+
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    alpha = 1.0 - confidence
+    if distribution == "laplace":
+        q = sigma / math.sqrt(2.0) * math.log(1.0 / alpha)
+    else:
+        q = sigma * float(ndtri(1.0 - alpha / 2.0))
+    return scale * q
+
+
+def ci_filter(values: torch.Tensor, sigma: float, distribution: str = "gaussian", confidence: float = 0.995,
+              scale: float = 1.0) -> torch.Tensor:
+    """Boolean mask of the entries of ``values`` lying *outside* the (scaled) noise confidence interval."""
+    return values.abs() > interval_halfwidth(sigma, distribution, confidence, scale)
+
+
+# --------------------------------------------------------------------------------- orthonormal transforms
+_COLOUR = torch.tensor([[1, 1, 1], [1, -1, 0], [1, 1, -2]], dtype=torch.float64)
+_COLOUR = _COLOUR / _COLOUR.norm(dim=1, keepdim=True)  # orthonormal: luminance + two opponent channels
+
+
+def _dct_matrix(n: int) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    m[0] /= math.sqrt(2.0)
+    return m
+
+
+def _patch_transform(y: torch.Tensor, p: int):
+    import torch.nn.functional as F
+
+    c, h, w = y.shape
+    cols = F.unfold(y[None], p)  # (1, c * p * p, L)
+    L = cols.shape[-1]
+    d = _dct_matrix(p)
+    K = torch.kron(d, d)  # orthonormal 2-D DCT on row-major p x p patches
+    return K, K @ cols.reshape(c, p * p, L), L
+
+
+def _patch_aggregate(K, coef, weights, shape, p):
+    import torch.nn.functional as F
+
+    c, h, w = shape
+    L = coef.shape[-1]
+    rec = (K.T @ coef) * weights[None, None, :]  # weights: (L,) per patch position
+    num = F.fold(rec.reshape(1, c * p * p, L), (h, w), p)[0]
+    den = F.fold(weights.expand(p * p, L)[None].contiguous(), (h, w), p)[0]
+    return num / den
+
+
+def sliding_dct_filter(x: torch.Tensor, halfwidth: float, patch: int = 8, sigma: Optional[float] = None,
+                       wiener: bool = True) -> torch.Tensor:
+    """Keep only the coefficients outside [-halfwidth, halfwidth] in every overlapping patch x patch block
+    DCT (after an orthonormal colour transform for 3 channels), invert and average the overlapping
+    estimates, each patch weighted by 1 / (number of kept coefficients) (Yu & Sapiro 2011; BM3D-style).
+
+    With ``wiener`` and the noise std ``sigma``, a second pass shrinks the *noisy* coefficients by the
+    empirical Wiener factor ``e^2 / (e^2 + sigma^2)``, ``e`` being the first pass's estimate (the second
+    stage of BM3D without block matching). ``x``: (C, H, W) float64."""
+    c, h, w = x.shape
+    p = max(1, min(patch, h, w))
+    y = torch.einsum("ij,jhw->ihw", _COLOUR, x) if c == 3 else x
+    K, coef, L = _patch_transform(y, p)
+    keep = coef.abs() > halfwidth
+    kept = coef * keep
+    wts = 1.0 / keep.sum(dim=(0, 1)).clamp(min=1).double()
+    y1 = _patch_aggregate(K, kept, wts, (c, h, w), p)
+    if wiener and sigma is not None and sigma > 0:
+        _, pilot, _ = _patch_transform(y1, p)
+        g = pilot**2 / (pilot**2 + sigma**2)
+        wts2 = 1.0 / (g**2).sum(dim=(0, 1)).clamp(min=1e-12)
+        y1 = _patch_aggregate(K, coef * g, wts2, (c, h, w), p)
+    return torch.einsum("ji,jhw->ihw", _COLOUR, y1) if c == 3 else y1
+
+
+# ---------------------------------------------------------------------------------------- segmentation
+def segment_rows(X: torch.Tensor, penalty: float) -> tuple[list[tuple[int, int]], int]:
+    """Optimal segmentation of rows ``X`` (M, D) into constant pieces, the rows from some index on being
+    known to be 0 (the implicit rows beyond the outermost threshold).
+
+    Minimises ``sum SSE(free segments) + penalty * #free segments + sum |X_i|^2 (zero tail)``. Returns the
+    free segments as half-open index ranges and the start of the zero tail (M when empty)."""
+    X = X.double()
+    M = X.shape[0]
+    P = torch.zeros(M + 1, X.shape[1], dtype=torch.float64)
+    P[1:] = torch.cumsum(X, 0)
+    q = torch.zeros(M + 1, dtype=torch.float64)
+    q[1:] = torch.cumsum((X * X).sum(1), 0)
+    # pairwise segment costs, cost[i, j] for rows i .. j-1 (i < j)
+    G = P @ P.T  # (M+1, M+1) inner products of prefix sums
+    diag = torch.diagonal(G)
+    sq = diag[None, :] + diag[:, None] - 2 * G  # |P_j - P_i|^2
+    idx = torch.arange(M + 1, dtype=torch.float64)
+    n = (idx[None, :] - idx[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = (q[None, :] - q[:, None]) - sq / n.clamp(min=1)
+    cost = cost.clamp(min=0).numpy()
+    Fv = np.full(M + 1, np.inf)
+    arg = np.zeros(M + 1, dtype=np.int64)
+    Fv[0] = 0.0
+    for j in range(1, M + 1):
+        cand = Fv[:j] + cost[:j, j] + penalty
+        i = int(np.argmin(cand))
+        Fv[j], arg[j] = cand[i], i
+    qn = q.numpy()
+    total = Fv + (qn[M] - qn)  # free segments up to i, zero tail i .. M-1
+    tail = int(np.argmin(total))
+    segs = []
+    j = tail
+    while j > 0:
+        i = int(arg[j])
+        segs.append((i, j))
+        j = i
+    return segs[::-1], tail
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _layout(view) -> dict:
+    lay = (view.extra or {}).get("imprint")
+    if not lay:
+        raise ConfigError("this attack needs the imprint structure of the 'malicious-imprint' server scenario "
+                          "(server: {name: malicious-imprint}); the server view has no 'imprint' layout")
+    return lay
+
+
+class _Rows:
+    """The imprint rows of the update as (units, pixels [+ const] + bias) and the server's buffers."""
+
+    def __init__(self, view, update, lay):
+        t = update.tensors
+        for k in (lay["weight"], lay["bias"]):
+            if k not in t:
+                raise ConfigError(f"the update has no tensor {k!r} (was the imprint structure sent to this client?)")
+        W = t[lay["weight"]].detach().double()
+        b = t[lay["bias"]].detach().double()
+        if not torch.isfinite(W).all() or not torch.isfinite(b).all():
+            raise ConfigError("the imprint rows of the update contain NaN/Inf")
+        self.npix = int(lay.get("pixels", W.shape[1]))
+        self.const = float(lay["const"]) if self.npix < W.shape[1] and float(lay.get("const", 0)) > 0 else None
+        gs = view.global_state
+        shift = (gs[lay["shift"]].detach().double() if lay.get("shift") in gs
+                 else torch.zeros(self.npix, dtype=torch.float64))
+        self.shifts = shift if shift.dim() == 2 else shift[None].expand(W.shape[0], -1)  # per unit
+        self.offsets = [float(o) for o in lay.get("value_offsets", [0.0] * W.shape[0])]
+        self.a = gs[lay["direction"]].detach().double() if lay.get("direction") in gs else None
+        self.R = torch.cat([W, b[:, None]], 1)  # (units, pixels [+ const] + bias)
+
+    def scale_obs(self, d: torch.Tensor) -> tuple[float, float]:
+        """Best linear estimate of the per-sample scale c from the bias and const entries of ``d`` and the
+        factor f such that its noise std is f * (noise std of one entry)."""
+        if self.const is None:
+            return float(d[-1]), 1.0
+        g = self.const
+        return (float(d[-1]) + g * float(d[self.npix])) / (1 + g * g), 1.0 / math.sqrt(1 + g * g)
+
+
+def _bin_of(fam: dict, j: int, lo: float, hi: float) -> tuple[float, float]:
+    """Value interval of a sample whose change-point is before family row j (rows 0..j-1 fire)."""
+    ts = list(fam["thresholds"])
+    outer = hi if fam["direction"] > 0 else lo
+    a = ts[j - 1]
+    b = ts[j] if j < len(ts) else outer
+    return (min(a, b), max(a, b))
+
+
+def _finish(cands: list[dict], B: int, shape, mean_img: torch.Tensor, info: dict) -> Reconstruction:
+    cands = sorted(cands, key=lambda c: -c["score"])
+    imgs = [c["image"] for c in cands[:B]]
+    pad = B - len(imgs)
+    imgs += [mean_img.clone() for _ in range(max(0, pad))]
+    out = torch.stack(imgs).reshape(len(imgs), *shape).clamp(0, 1).float()
+    info.update({"recovered": len(cands), "returned": min(len(cands), B), "padded_with_public_mean": max(0, pad),
+                 "batch_size": B,
+                 "recovered_bins": [c["bin"] for c in cands[:B]]})
+    return Reconstruction(images=out, info=info)
+
+
+def _mean_image(lay, rows: "_Rows") -> torch.Tensor:
+    pm = lay.get("public_mean")
+    return torch.tensor(pm, dtype=torch.float64) if pm is not None else rows.shifts.mean(0)
+
+
+# -------------------------------------------------------------------------------------------- attacks
+@ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)")
+def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> Reconstruction:
+    """Plain readout, ``x = dW / db + shift_i``: for the nested layout ``d`` is the difference of adjacent rows,
+    for the window layout the row itself. Every bin with a non-zero bias entry (relative ``tolerance``) is a
+    sample; the B with the largest |db| are returned."""
+    lay = _layout(view)
+    rows_ = _Rows(view, update, lay)
+    R, npix = rows_.R, rows_.npix
+    lo, hi = lay["value_range"]
+    shape = tuple(lay["image_shape"])
+    B = int(view.batch_size)
+    window = lay.get("layout") == "window"
+    diffs = []
+    for fam in lay["families"]:
+        rows = R[fam["units"]]
+        if not window:
+            rows = rows - torch.cat([rows[1:], torch.zeros_like(rows[:1])])
+        for j, d in enumerate(rows):
+            diffs.append((fam, j + 1, d, fam["units"][j]))
+    scale = max((abs(float(d[-1])) for _, _, d, _ in diffs), default=0.0)
+    cands = []
+    for fam, j, d, unit in diffs:
+        db = float(d[-1])
+        if scale == 0 or abs(db) <= tolerance * scale:
+            continue
+        img = d[:npix] / db + rows_.shifts[unit]
+        cands.append({"image": img, "score": abs(db), "bin": [fam["direction"], j, list(_bin_of(fam, j, lo, hi))]})
+    info = {"attack": "imprint", "layout": lay.get("layout", "nested")}
+    if "imprint_report" in (view.extra or {}):
+        info["structure_report"] = view.extra["imprint_report"]
+    return _finish(cands, B, shape, _mean_image(lay, rows_), info)
+
+
+def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, unit: int, rows: "_Rows", shape, dist: str,
+             confidence: float, ci_scale: float, filter_domain: str, patch: int, wiener: bool
+             ) -> Optional[torch.Tensor]:
+    """Centred image ``z / c`` from one sample's row vector ``d`` (pixels [, const], bias) with noise std
+    ``s_d`` per entry."""
+    npix, a = rows.npix, rows.a
+    # 4a. per-sample scale c: bias (+ boosted const) entries, and a . dW = c (v - offset), v in [blo, bhi]
+    offset = rows.offsets[unit]
+    c_b, f_b = rows.scale_obs(d)
+    var_b = (f_b * s_d) ** 2
+    c_hat = c_b
+    if a is not None and var_b > 0:
+        vmid, width = (blo + bhi) / 2 - offset, (bhi - blo)
+        if abs(vmid) > 1e-12:
+            c_a = float(a @ d[:npix]) / vmid
+            var_a = (s_d**2 * float(a @ a) + (c_a * width) ** 2 / 12.0) / vmid**2
+            if var_a > 0:
+                c_hat = (c_b / var_b + c_a / var_a) / (1 / var_b + 1 / var_a)
+    if c_hat == 0:
+        return None
+    # 3. keep only coefficients outside the scaled confidence interval
+    h = interval_halfwidth(s_d, dist, confidence, ci_scale)
+    z = d[:npix]
+    if filter_domain == "dct":
+        z = sliding_dct_filter(z.reshape(shape), h, patch, s_d, wiener).reshape(-1)
+    elif filter_domain == "pixel":
+        z = z * (z.abs() > h)
+    return z / c_hat
+
+
+@ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining")
+def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99, ci_scale: float = 1.0,
+                       segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
+                       wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
+    """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
+
+    ``confidence`` / ``ci_scale``: the coefficient filter's interval (``ci_scale`` also scales the
+    detection interval); ``segment_confidence``: the interval behind the detection / segmentation
+    penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size; ``dedup``: correlation above
+    which two readouts are merged; ``distribution``: auto (estimated) | gaussian | laplace.
+    """
+    if filter_domain not in ("dct", "pixel", "none"):
+        raise ConfigError(f"filter_domain must be dct, pixel or none, got {filter_domain!r}")
+    if distribution not in ("auto",) + DISTRIBUTIONS:
+        raise ConfigError(f"distribution must be auto, gaussian or laplace, got {distribution!r}")
+    for k, v in (("confidence", confidence), ("segment_confidence", segment_confidence)):
+        if not (0 < v < 1):
+            raise ConfigError(f"{k} must be in (0, 1), got {v!r}")
+    if not ci_scale > 0:
+        raise ConfigError(f"ci_scale must be > 0, got {ci_scale!r}")
+    from scipy.special import ndtri
+
+    lay = _layout(view)
+    rows_ = _Rows(view, update, lay)
+    R = rows_.R
+    lo, hi = lay["value_range"]
+    shape = tuple(lay["image_shape"])
+    B = int(view.batch_size)
+    D = R.shape[1]
+    window = lay.get("layout") == "window"
+
+    # 1. noise scale and distribution from the probe units (true gradient exactly 0)
+    noise = estimate_noise(R[lay["probes"]])
+    dist = noise["distribution"] if distribution == "auto" else distribution
+    if dist == "none":
+        dist = "gaussian"
+    fam_rows = torch.cat([R[f["units"]] for f in lay["families"]])
+    floor = 1e-6 * float(fam_rows.pow(2).mean().sqrt())  # float rounding when there is no noise at all
+    sigma = max(noise["sigma"], floor)
+    k4 = 2.5 if dist == "laplace" else 1.0  # Var(e^2) / (2 sigma^4)
+    opts = dict(rows=rows_, shape=shape, dist=dist, confidence=confidence, ci_scale=ci_scale,
+                filter_domain=filter_domain, patch=patch, wiener=bool(wiener))
+
+    cands: list[dict] = []
+    for fam in lay["families"]:
+        X = R[fam["units"]]
+        M = X.shape[0]
+        kappa = float(ndtri(1 - (1 - segment_confidence) / max(1, M)))
+        if window:
+            # each row is one bin: it holds a sample iff its energy leaves the chi-square interval of noise
+            thr = 1.0 + ci_scale * kappa * math.sqrt(2 * k4 / D)
+            kappa2 = float(ndtri(1 - (1 - segment_confidence) / max(1, 2 * M)))  # two-sided projection test
+            for j in range(M):
+                d = X[j]
+                energy = float(d.pow(2).sum()) / (sigma**2 * D)
+                # the scale entries (bias + boosted const) concentrate the sample's presence in one number
+                c_obs, f_obs = rows_.scale_obs(d)
+                proj = abs(c_obs) / (f_obs * sigma)
+                if energy <= thr and proj <= ci_scale * kappa2:
+                    continue
+                blo, bhi = _bin_of(fam, j + 1, lo, hi)
+                unit = fam["units"][j]
+                z = _readout(d, sigma, blo, bhi, unit, **opts)
+                if z is not None:
+                    cands.append({"image": z + rows_.shifts[unit], "score": max(energy - 1.0, 0.0) * D + proj**2,
+                                  "bin": [fam["direction"], j + 1, [blo, bhi]], "rows": [1]})
+            continue
+        penalty = sigma**2 * (D + ci_scale * kappa * math.sqrt(2 * D * k4))
+        # 2. combine redundant rows: constant segments, zero beyond the outermost threshold
+        segs, tail = segment_rows(X, penalty)
+        levels = [(X[i:j].mean(0), j - i, i, j) for i, j in segs]
+        levels.append((torch.zeros(D, dtype=torch.float64), math.inf, tail, M))
+        for (m1, n1, _, j1), (m2, n2, _, _) in zip(levels[:-1], levels[1:]):
+            d = m1 - m2
+            vf = 1.0 / n1 + (0.0 if math.isinf(n2) else 1.0 / n2)
+            s_d = sigma * math.sqrt(vf)
+            energy = float(d.pow(2).sum()) / (s_d**2 * D)
+            blo, bhi = _bin_of(fam, j1, lo, hi)
+            unit = fam["units"][j1 - 1]  # nested layout: every row has the same reference image
+            z = _readout(d, s_d, blo, bhi, unit, **opts)
+            if z is not None:
+                cands.append({"image": z + rows_.shifts[unit], "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
+                              "rows": [n1, None if math.isinf(n2) else n2]})
+
+    # 5. de-duplicate: merge readouts that are strongly correlated
+    merged = 0
+    keep: list[dict] = []
+    mean_img = _mean_image(lay, rows_)
+    for c in cands:  # compare readouts relative to the public mean image
+        c["centred"] = c["image"] - mean_img
+    for c in sorted(cands, key=lambda c: -c["score"]):
+        dup = None
+        for k in keep:
+            u, v = c["centred"], k["centred"]
+            den = float(u.norm() * v.norm())
+            if den > 0 and float(u @ v) / den > dedup:
+                dup = k
+                break
+        if dup is None:
+            keep.append(c)
+        else:
+            w1, w2 = dup["score"], c["score"]
+            dup["centred"] = (w1 * dup["centred"] + w2 * c["centred"]) / (w1 + w2)
+            dup["image"] = dup["centred"] + mean_img
+            dup["score"] = w1 + w2
+            merged += 1
+    info = {"attack": "ldp-imprint", "layout": lay.get("layout", "nested"), "noise": noise,
+            "distribution_used": dist, "sigma_used": sigma, "candidates": len(cands), "merged_duplicates": merged,
+            "filter_domain": filter_domain, "confidence": confidence, "ci_scale": ci_scale}
+    if "imprint_report" in (view.extra or {}):
+        info["structure_report"] = view.extra["imprint_report"]
+    return _finish(keep, B, shape, mean_img, info)

@@ -1,0 +1,92 @@
+"""Victim models, selected by name from one registry.
+
+``build_model(name, num_classes=..., image_size=..., width=..., activation=..., seed=...)`` returns a freshly
+initialised ``nn.Module`` whose random initialisation is fully determined by ``seed``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from fedleak.errors import ConfigError
+from fedleak.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky-relu": lambda: nn.LeakyReLU(0.2),
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
+
+
+def activation(name: str) -> nn.Module:
+    key = str(name).lower().replace("_", "-")
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[key]()
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    image_size: int = 32,
+    channels: int = 3,
+    width: float = 1.0,
+    activation: str = "relu",
+    seed: int = 0,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model (or ``import:pkg.module:Class``) with a seeded initialisation."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"model.num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(image_size, int) or image_size < 4:
+        raise ConfigError(f"image size must be an integer >= 4, got {image_size!r}")
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ConfigError(f"model.width must be > 0, got {width!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(name, str) and name.startswith("import:"):
+            model = _import_model(name[len("import:"):], num_classes=num_classes, image_size=image_size, **kwargs)
+        else:
+            model = MODELS.build(
+                name,
+                num_classes=num_classes,
+                image_size=image_size,
+                channels=channels,
+                width=width,
+                activation=activation,
+                **kwargs,
+            )
+    return model
+
+
+def _import_model(path: str, **kwargs) -> nn.Module:
+    """``pkg.module:Factory`` — the factory gets ``num_classes``, ``image_size`` and extra model kwargs."""
+    mod_name, _, attr = path.partition(":")
+    if not mod_name or not attr:
+        raise ConfigError(f"user model must look like 'import:package.module:Factory', got {path!r}")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import user model module {mod_name!r}: {e}") from e
+    if not hasattr(mod, attr):
+        raise ConfigError(f"module {mod_name!r} has no attribute {attr!r}")
+    factory = getattr(mod, attr)
+    try:
+        model = factory(**kwargs)
+    except TypeError:
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"user model factory {path!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+from fedleak.client.models import lenet, resnet, convnet  # noqa: E402,F401  (registration side effects)

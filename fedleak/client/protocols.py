@@ -1,0 +1,79 @@
+"""FL client protocols: FedSGD (one gradient) and FedAvg (tau local SGD steps), as pure functions of
+(model, parameters, data). Per-example gradients for DP-SGD come from ``torch.func``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from fedleak.errors import ConfigError
+from fedleak.client.obfuscations import ObfContext, Pipeline
+
+Params = dict[str, torch.Tensor]
+
+
+def param_dict(model: nn.Module) -> Params:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def buffer_dict(model: nn.Module) -> Params:
+    return {k: v.detach().clone() for k, v in model.named_buffers()}
+
+
+def loss_fn(model: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = functional_call(model, (params, buffers), (x,))
+    return F.cross_entropy(out, y)
+
+
+def batch_gradient(model, params, buffers, x, y, per_example_step=None, ctx: Optional[ObfContext] = None) -> Params:
+    """Mean-loss gradient of the batch; with a DP-SGD step, per-example gradients are clipped and noised."""
+    if per_example_step is None:
+        p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = loss_fn(model, p, buffers, x, y)
+        g = torch.autograd.grad(loss, list(p.values()))
+        return {k: gi.detach() for k, gi in zip(p, g)}
+    return per_example_step.aggregate(per_example_gradients(model, params, buffers, x, y), ctx)
+
+
+def per_example_gradients(model, params, buffers, x, y) -> Params:
+    """Gradients of each example's loss, shape (B, *param.shape), through ``torch.func.vmap(grad)``."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError("per-example gradients (DP-SGD) are undefined with BatchNorm; pick a model without it")
+
+    def single(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    return vmap(grad(single), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
+
+
+def fedsgd(model, params, buffers, x, y, pipeline: Pipeline, ctx: ObfContext) -> Params:
+    return batch_gradient(model, params, buffers, x, y, pipeline.per_example, ctx)
+
+
+def minibatches(n: int, local_batch_size: Optional[int], total_steps: int):
+    """Index sets for each local step: mini-batches cycle through the data in order."""
+    b = local_batch_size or n
+    nb = -(-n // b)
+    for t in range(total_steps):
+        i = t % nb
+        yield slice(i * b, min(n, (i + 1) * b))
+
+
+def fedavg(model, params, buffers, x, y, pipeline: Pipeline, ctx: ObfContext, lr: float, local_steps: int,
+           local_batch_size: Optional[int] = None, epochs: int = 1,
+           on_step: Optional[Callable[[int], None]] = None) -> tuple[Params, Params]:
+    """Run ``local_steps * epochs`` SGD steps; return (delta = theta0 - theta_tau, final params)."""
+    p = {k: v.detach().clone() for k, v in params.items()}
+    total = local_steps * epochs
+    for t, sl in enumerate(minibatches(x.shape[0], local_batch_size, total)):
+        g = batch_gradient(model, p, buffers, x[sl], y[sl], pipeline.per_example, ctx)
+        p = {k: p[k] - lr * g[k] for k in p}
+        if on_step:
+            on_step(t)
+    delta = {k: params[k].detach() - p[k] for k in p}
+    return delta, p

@@ -1,0 +1,74 @@
+"""What the client sends: :class:`Update`, the upload plus the metadata the server knows about it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from fedleak.errors import DataError
+
+
+@dataclass
+class Update:
+    """A client's upload plus the metadata the server knows about it.
+
+    ``tensors`` is keyed by parameter name in model order. ``kind`` is ``gradient`` (FedSGD),
+    ``delta`` (FedAvg: theta0 - theta_tau) or ``pseudo-gradient`` (FedAvg: (theta0 - theta_tau) / lr).
+    ``labels`` is set only when the scenario shares labels with the server.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    kind: str = "gradient"
+    protocol: str = "fedsgd"
+    lr: Optional[float] = None
+    local_steps: int = 1
+    epochs: int = 1
+    local_batch_size: Optional[int] = None
+    batch_size: int = 1
+    num_examples: int = 1
+    labels: Optional[torch.Tensor] = None
+    obfuscation: list[dict] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        return {
+            "kind": self.kind,
+            "protocol": self.protocol,
+            "lr": self.lr,
+            "local_steps": self.local_steps,
+            "epochs": self.epochs,
+            "local_batch_size": self.local_batch_size,
+            "batch_size": self.batch_size,
+            "num_examples": self.num_examples,
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "obfuscation": self.obfuscation,
+            "stats": self.stats,
+        }
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from fedleak.io import atomic_path
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"fedleak_update": json.dumps(self.meta())})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Update":
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"update file {str(p)!r} not found")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("fedleak_update", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises assorted errors on bad files
+            raise DataError(f"{str(p)!r} is not a valid fedleak update file: {e}") from None
+        labels = meta.pop("labels", None)
+        return cls(tensors=tensors, labels=None if labels is None else torch.tensor(labels), **meta)

@@ -1,0 +1,384 @@
+"""Typed run configuration, validated at the edge.
+
+A config is YAML (safe loader only) or a dict. ``--set a.b=v`` overrides are applied to the raw dict before
+validation; the value is parsed as a YAML scalar/flow value. Every problem becomes a one-line
+:class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedleak.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    source: str = Field("builtin", description="'builtin' (scikit-image photos) or a folder path")
+    size: int = Field(64, ge=4, le=1024, description="square image size after resizing")
+    batch_size: int = Field(4, ge=1, le=4096, description="images in the client's batch")
+    start: int = Field(0, ge=0, description="index of the first image")
+    resize: Literal["crop", "stretch"] = "crop"
+    subject_only: bool = False
+    segmenter: str = "none"
+    sam_checkpoint: Optional[str] = None
+
+
+class ModelConfig(_Strict):
+    name: str = "lenet"
+    num_classes: int = Field(1000, ge=2, le=100_000)
+    width: float = Field(1.0, gt=0, le=64)
+    activation: str = "relu"
+    seed: Optional[int] = Field(None, description="init seed (defaults to the run seed)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProtocolConfig(_Strict):
+    name: Literal["fedsgd", "fedavg"] = "fedsgd"
+    lr: float = Field(0.003, gt=0, le=100)
+    local_steps: int = Field(1, ge=1, le=10_000)
+    local_batch_size: Optional[int] = Field(None, ge=1)
+    epochs: int = Field(1, ge=1, le=1000)
+    share_labels: bool = True
+    send: Literal["pseudo-gradient", "delta"] = "pseudo-gradient"
+
+
+class OutputConfig(_Strict):
+    dir: str = "experiments"
+    name: Optional[str] = None
+    save_update: bool = False
+
+
+class RunConfig(_Strict):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    threads: Optional[int] = Field(None, ge=1, le=1024)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    obfuscation: list[dict[str, Any]] = Field(default_factory=list)
+    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "rog"})
+    enhancer: dict[str, Any] = Field(default_factory=lambda: {"name": "none"})
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("obfuscation", mode="before")
+    @classmethod
+    def _steps(cls, v):
+        if v is None:
+            return []
+        if isinstance(v, (str, dict)):
+            v = [v]
+        if not isinstance(v, list):
+            raise ValueError("must be a list of steps like {name: qsgd, levels: 16}")
+        out = []
+        for step in v:
+            if isinstance(step, str):
+                out.extend(parse_pipeline(step))
+            elif isinstance(step, dict):
+                if "name" not in step:
+                    raise ValueError(f"step {step!r} has no 'name'")
+                out.append(dict(step))
+            else:
+                raise ValueError(f"step {step!r} must be a name or a mapping")
+        return out
+
+    @field_validator("attack", "enhancer", "server", mode="before")
+    @classmethod
+    def _named(cls, v, info):
+        default = {"attack": "rog", "enhancer": "none", "server": "honest"}[info.field_name]
+        if isinstance(v, str):
+            return {"name": v}
+        if v is None:
+            return {"name": default}
+        if not isinstance(v, dict):
+            raise ValueError("must be a name or a mapping with a 'name'")
+        return {"name": default, **v}
+
+    @model_validator(mode="after")
+    def _check(self):
+        p = self.protocol
+        if p.local_batch_size is not None and p.local_batch_size > self.data.batch_size:
+            raise ValueError(
+                f"protocol.local_batch_size={p.local_batch_size} exceeds data.batch_size={self.data.batch_size}"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def parse_pipeline(text: str) -> list[dict]:
+    """Parse ``"clip(1.0) -> gaussian(0.01) -> qsgd(16)"`` into steps.
+
+    A positional argument binds to the step's first parameter; ``key=value`` pairs bind by name.
+    """
+    from fedleak.client.obfuscations import OBFUSCATIONS, first_param
+
+    steps = []
+    for part in [p.strip() for p in text.replace("→", "->").split("->") if p.strip()]:
+        name, _, rest = part.partition("(")
+        name = name.strip()
+        step: dict[str, Any] = {"name": name}
+        if rest:
+            if not rest.endswith(")"):
+                raise ValueError(f"unbalanced parentheses in {part!r}")
+            args = [a.strip() for a in rest[:-1].split(",") if a.strip()]
+            for i, a in enumerate(args):
+                if "=" in a:
+                    k, _, val = a.partition("=")
+                    step[k.strip()] = yaml.safe_load(val)
+                elif i == 0:
+                    step[first_param(OBFUSCATIONS.get(name))] = yaml.safe_load(a)
+                else:
+                    raise ValueError(f"only the first argument may be positional in {part!r}")
+        steps.append(step)
+    return steps
+
+
+def _fmt_validation(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "config"
+    msg = err["msg"]
+    inp = err.get("input")
+    extra = f" (got {inp!r})" if not isinstance(inp, dict) and len(repr(inp)) < 80 else ""
+    more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        parent = err["loc"][:-1]
+        model = RunConfig
+        for part in parent:
+            f = model.model_fields.get(part) if isinstance(part, str) else None
+            ann = getattr(f, "annotation", None) if f else None
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None:
+                break
+        valid = f"; valid: {', '.join(model.model_fields)}" if model else ""
+        return f"config: unknown key {loc!r}{valid}{more}"
+    return f"config: {loc}: {msg}{extra}{more}"
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict (lists indexed by integers)."""
+    if not isinstance(assignment, str) or "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, _, text = assignment.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set: bad key {key!r}")
+    value = parse_value(text)
+    node: Any = raw
+    for i, p in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(p)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: {p!r} is not a valid index (list has {len(node)} items)") from None
+        elif isinstance(node, dict):
+            if p not in node or node[p] is None:
+                node[p] = {}
+            elif isinstance(node[p], str) and parts[i + 1] != "name":
+                node[p] = {"name": node[p]}
+            node = node[p]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])!r} is not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: {last!r} is not a valid index") from None
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: parent is not a mapping")
+
+
+def load_raw(path: str | Path | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {str(p)!r}: {e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"config {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {str(p)!r} must be a mapping at top level, got {type(raw).__name__}")
+    return raw
+
+
+#: limits on the shape of a raw config: YAML anchors can make a small file describe a self-referential or
+#: exponentially large structure ("billion laughs"); both are refused before anything walks it
+MAX_DEPTH = 50
+MAX_NODES = 100_000
+
+
+def _check_structure(raw: Any) -> None:
+    sizes: dict[int, int] = {}  # expanded size per container id (shared anchors are counted per use)
+    active: set[int] = set()
+
+    def size(node: Any, where: str, depth: int) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        i = id(node)
+        if i in sizes:
+            return sizes[i]
+        if i in active:
+            raise ConfigError(f"config: {where or 'config'} contains itself (a recursive YAML anchor)")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"config: {where} is nested more than {MAX_DEPTH} levels deep")
+        active.add(i)
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        n = 1
+        for k, v in items:
+            n += size(v, f"{where}.{k}" if where else str(k), depth + 1)
+            if n > MAX_NODES:
+                raise ConfigError(f"config: {where or 'config'} is too large (more than {MAX_NODES} values once "
+                                  "YAML anchors are expanded)")
+        active.discard(i)
+        sizes[i] = n
+        return n
+
+    size(raw, "", 0)
+
+
+def validate(raw: dict) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping, got {type(raw).__name__}")
+    _check_structure(raw)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(e)) from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"config: {e}") from None
+    _check_finite(cfg.to_dict(), "")
+    _check_names(cfg)
+    return cfg
+
+
+def _check_finite(node: Any, where: str) -> None:
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config: {where.lstrip('.')} must be finite, got {node}")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}.{i}")
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Resolve every registry name early so typos fail before any work starts."""
+    from fedleak.client.models import MODELS, ACTIVATIONS
+    from fedleak.client.obfuscations import build_pipeline
+
+    if not cfg.model.name.startswith("import:"):
+        MODELS.resolve(cfg.model.name)
+    if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+    build_pipeline(cfg.obfuscation)
+    from fedleak.server.scenarios import check_server_config
+
+    check_server_config(cfg.server)
+    try:
+        from fedleak.attacks import ATTACKS, check_attack_config
+    except ImportError:  # attacks not available in a minimal install
+        return
+    check_attack_config(cfg.attack)
+    _check_engine_options(cfg.attack)
+
+
+#: engine options that count something (>= 1) / may be 0 / must be > 0 / must be >= 0
+_POSITIVE_INTS = {"iterations", "scale", "restarts", "checkpoint_every", "callback_every", "lbfgs_inner",
+                  "big_threshold", "threads"}
+_NONNEG_INTS = {"max_nan_restarts", "seed"}
+_POSITIVE_FLOATS = {"lr", "sign_temperature"}
+_NONNEG_FLOATS = {"tv", "final_lr_factor"}
+
+
+def _check_engine_options(attack: dict) -> None:
+    """Type and range of the options of the engine's attacks (dlg, idlg, inverting-gradients, rog), checked
+    against :class:`~fedleak.attacks.engine.EngineConfig`'s annotations: a value that would only fail deep
+    inside the attack (``callback_every: 0``, ``seed: x``, ``layer_weights: [1, 2]``) fails here, in one line."""
+    import dataclasses
+    import typing
+
+    try:
+        from fedleak.attacks.engine import EngineConfig
+        from fedleak.attacks.presets import PRESETS
+        from fedleak.attacks import ATTACKS
+    except ImportError:  # pragma: no cover
+        return
+    if ATTACKS.resolve(attack["name"]) not in PRESETS:
+        return
+    hints = typing.get_type_hints(EngineConfig)
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    for key, val in attack.items():
+        if key not in fields:
+            continue
+        where = f"attack option {key}"
+        want = hints[key]
+        args = typing.get_args(want)
+        optional = type(None) in args
+        if val is None:
+            if optional:
+                continue
+            raise ConfigError(f"{where} must not be null")
+        base = next((a for a in args if a is not type(None)), want) if optional else want
+        origin = typing.get_origin(base) or base
+        if base is Any:
+            continue
+        if origin is bool and not isinstance(val, bool):
+            raise ConfigError(f"{where} must be true or false, got {val!r}")
+        if origin is int and (isinstance(val, bool) or not isinstance(val, int)):
+            raise ConfigError(f"{where} must be an integer, got {val!r}")
+        if origin is float and (isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val)):
+            raise ConfigError(f"{where} must be a finite number, got {val!r}")
+        if origin is str and not isinstance(val, str):
+            raise ConfigError(f"{where} must be a string, got {val!r}")
+        if origin is dict:
+            if not isinstance(val, dict) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and v >= 0 for k, v in val.items()):
+                raise ConfigError(f"{where} must map parameter-name patterns to numbers >= 0, got {val!r}"[:300])
+        if key in _POSITIVE_INTS and val < 1:
+            raise ConfigError(f"{where} must be >= 1, got {val!r}")
+        if key in _NONNEG_INTS and not 0 <= val <= 2**31 - 1:
+            raise ConfigError(f"{where} must be between 0 and 2**31-1, got {val!r}")
+        if key in _POSITIVE_FLOATS and not val > 0:
+            raise ConfigError(f"{where} must be > 0, got {val!r}")
+        if key in _NONNEG_FLOATS and not val >= 0:
+            raise ConfigError(f"{where} must be >= 0, got {val!r}")
+    if attack.get("line_search", "strong_wolfe") not in (None, "strong_wolfe"):
+        raise ConfigError(f"attack option line_search={attack['line_search']!r}; valid: strong_wolfe, null")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    raw = copy.deepcopy(base) if base is not None else load_raw(path)
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    return validate(raw)

@@ -1,0 +1,165 @@
+"""A :class:`Case` is one simulated FL client round: images, labels, model, protocol and obfuscation.
+
+>>> case = Case({"data": {"size": 32}, "model": {"name": "lenet"}})
+>>> update = case.client_update()        # what the server receives
+>>> view = case.server_view()            # what the server knows (no images)
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from fedleak.config.schema import RunConfig, load_config, validate
+from fedleak.client.data import ImageSet, load_images
+from fedleak.errors import ConfigError
+from fedleak.client.models import build_model
+from fedleak.client.obfuscations import ObfContext, build_pipeline
+from fedleak.client.protocols import buffer_dict, fedavg, fedsgd, param_dict
+from fedleak.client.update import Update
+from fedleak.server.view import ServerView
+
+
+def _as_config(config: Any, overrides: Optional[list[str]] = None) -> RunConfig:
+    if config is None:
+        return load_config(base={}, overrides=overrides)
+    if isinstance(config, RunConfig):
+        if overrides:
+            return load_config(base=config.to_dict(), overrides=overrides)
+        return config
+    if isinstance(config, dict):
+        return load_config(base=config, overrides=overrides)
+    return load_config(config, overrides)
+
+
+class Case:
+    def __init__(self, config: Any = None, overrides: Optional[list[str]] = None, images: Optional[ImageSet] = None):
+        self.config = _as_config(config, overrides)
+        cfg = self.config
+        d = cfg.data
+        self.data = images if images is not None else load_images(d.source, d.size, d.resize, d.start, d.batch_size)
+        if self.data.images.shape[0] < d.batch_size:
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} but only {self.data.images.shape[0]} images are available from "
+                f"{d.source!r} starting at {d.start}"
+            )
+        if d.subject_only:
+            from fedleak.client.segmentation import subject_only
+
+            self.data = subject_only(self.data, d.segmenter, d.sam_checkpoint)
+        n_cls = cfg.model.num_classes
+        if int(self.data.labels.max()) >= n_cls:
+            raise ConfigError(
+                f"label {int(self.data.labels.max())} does not fit model.num_classes={n_cls}; raise num_classes"
+            )
+        self.pipeline = build_pipeline(cfg.obfuscation)
+        self.model_kwargs = dict(
+            num_classes=n_cls,
+            image_size=d.size,
+            width=cfg.model.width,
+            activation=cfg.model.activation,
+            seed=cfg.model.seed if cfg.model.seed is not None else cfg.seed,
+            **cfg.model.options,
+        )
+        self.model: nn.Module = build_model(cfg.model.name, **self.model_kwargs)
+        self.model_factory = None
+        self.server_extra: dict[str, Any] = {}
+        self._update: Optional[Update] = None
+        from fedleak.server.scenarios import apply_scenario
+
+        apply_scenario(self, cfg.server)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.data.images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.data.labels
+
+    def client_update(self) -> Update:
+        """Run the client's round (protocol + obfuscation) and return what it uploads. Deterministic in the seed."""
+        cfg = self.config
+        p = cfg.protocol
+        model = self.model
+        model.train()
+        params, buffers = param_dict(model), buffer_dict(model)
+        x, y = self.images, self.labels
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        n = x.shape[0]
+        steps = 1 if p.name == "fedsgd" else p.local_steps * p.epochs
+        ctx = ObfContext(
+            generator=gen,
+            batch_size=n if p.name == "fedsgd" else (p.local_batch_size or n),
+            num_examples=n,
+            local_steps=steps,
+        )
+        t0 = time.perf_counter()
+        if p.name == "fedsgd":
+            raw = fedsgd(model, params, buffers, x, y, self.pipeline, ctx)
+            kind = "gradient"
+        else:
+            delta, _ = fedavg(model, params, buffers, x, y, self.pipeline, ctx, p.lr, p.local_steps,
+                              p.local_batch_size, p.epochs)
+            if p.send == "pseudo-gradient":
+                raw = {k: v / p.lr for k, v in delta.items()}
+            else:
+                raw = delta
+            kind = p.send
+        sent = self.pipeline.apply(raw, ctx)
+        numels = [t.numel() for t in sent.values()]
+        stats = update_stats(raw, sent, self.pipeline.bits(numels))
+        priv = self.pipeline.privacy(ctx)
+        if priv is not None:
+            stats["privacy"] = priv
+        stats["client_seconds"] = round(time.perf_counter() - t0, 4)
+        self._update = Update(
+            tensors=sent,
+            kind=kind,
+            protocol=p.name,
+            lr=p.lr if p.name == "fedavg" else None,
+            local_steps=steps if p.name == "fedavg" else 1,
+            epochs=p.epochs if p.name == "fedavg" else 1,
+            local_batch_size=p.local_batch_size if p.name == "fedavg" else None,
+            batch_size=n,
+            num_examples=n,
+            labels=self.labels.clone() if p.share_labels else None,
+            obfuscation=self.pipeline.describe(),
+            stats=stats,
+        )
+        return self._update
+
+    def server_view(self) -> ServerView:
+        """The attacker's knowledge: the model it sent (state before the round), data shape, batch size."""
+        d = self.config.data
+        return ServerView(
+            model_name=self.config.model.name,
+            model_kwargs=dict(self.model_kwargs),
+            global_state={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            image_size=d.size,
+            channels=int(self.images.shape[1]),
+            num_classes=self.config.model.num_classes,
+            batch_size=int(self.images.shape[0]),
+            model_factory=self.model_factory,
+            extra=dict(self.server_extra),
+        )
+
+
+def update_stats(raw: dict, sent: dict, bits: float) -> dict:
+    numel = sum(t.numel() for t in sent.values())
+    raw_norm = torch.sqrt(sum((t.double() ** 2).sum() for t in raw.values())).item()
+    sent_norm = torch.sqrt(sum((t.double() ** 2).sum() for t in sent.values())).item()
+    nnz = sum(int((t != 0).sum()) for t in sent.values())
+    err = torch.sqrt(sum(((sent[k].double() - raw[k].double()) ** 2).sum() for k in raw)).item()
+    return {
+        "num_parameters": numel,
+        "raw_norm": raw_norm,
+        "sent_norm": sent_norm,
+        "relative_error": err / (raw_norm + 1e-30),
+        "nonzero_fraction": nnz / max(1, numel),
+        "bits": bits,
+        "bits_per_parameter": bits / max(1, numel),
+        "per_tensor_norm": {k: float(t.double().norm()) for k, t in sent.items()},
+    }

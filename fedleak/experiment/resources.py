@@ -1,0 +1,260 @@
+"""Memory guard: estimate a run's peak memory before starting it and refuse a run that cannot fit.
+
+An attack at paper scale that is OOM-killed after an hour loses everything and says nothing; refusing up
+front, with the estimate and the limit, costs nothing. The estimate is deliberately simple and rough:
+
+* the model is built on PyTorch's ``meta`` device (no memory, no compute): parameter count ``P``, the part of
+  it in large linear layers (which the attack engine never differentiates densely) and the activations per
+  image ``A`` (sum of the output sizes of all leaf modules on one image);
+* ``model``: ``C_PARAMS`` float32 copies of the parameters (client model, the server's copy, raw and sent
+  update, the engine's model and target) plus float64 temporaries of the largest tensor (update statistics);
+* ``client``: one forward/backward over the client's (local) batch;
+* ``attack``: the attacker's double-backward graph, ``C_ACT`` x activations per image x images per local
+  step x local steps (FedAvg is unrolled: every step's graph is kept), plus the step gradients of the small
+  (dense) parameters kept for every unrolled step;
+* plus the process as it is now (resident set) and a fixed slack for image decoding, metrics and plots.
+
+The coefficients were calibrated against the measured peak RSS of small runs (``docs/robustness.md``, table
+"memory guard calibration"); the estimate was above the measurement for all of them.
+
+The limit is ``MemAvailable`` from ``/proc/meminfo`` (or ``psutil`` when installed), further capped by a
+cgroup memory limit when one applies. ``fedleak run --force`` (or ``run(..., force=True)``) skips the refusal;
+``FEDLEAK_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix) replaces the measured limit.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from fedleak.errors import FedleakError
+
+#: float32 copies of all parameters alive at the peak (see the module docstring)
+C_PARAMS = 4.0
+#: bytes per element of the largest parameter tensor held transiently (the client's update statistics are
+#: computed in float64: three temporaries of the largest tensor)
+C_LARGEST = 24.0
+#: multiple of (activations per image x images per step x steps) held by the attacker's double-backward graph
+C_ACT = 8.0
+#: multiple of the dense (small) parameters' size held per unrolled local step in the attack graph
+C_STEP = 1.0
+#: multiple of (activations x batch) for the client's forward/backward
+C_CLIENT = 2.0
+#: image decoding, metrics, plots, allocator slack. 512 MiB: in two full test-suite runs on fresh venvs the
+#: calibration config (lenet 64, FedAvg tau=2) peaked at 1.27 GB against 0.79 GB when run alone (cause not yet
+#: identified), which 256 MiB did not cover
+SLACK = 512 << 20
+#: refuse when the estimate exceeds this fraction of the available memory
+HEADROOM = 0.9
+
+
+class ResourceError(FedleakError):
+    """The run would need more memory than is available."""
+
+
+@dataclass
+class Estimate:
+    total: int  # bytes: the process now + everything the run adds
+    added: int  # bytes the run adds on top of the current process
+    parts: dict[str, int] = field(default_factory=dict)
+    details: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        ps = ", ".join(f"{k} {gib(v)}" for k, v in self.parts.items())
+        return f"~{gib(self.total)} ({ps})"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (0 if unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # type: ignore
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return 0
+
+
+def _parse_bytes(text: str) -> Optional[int]:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text or "")
+    if not m:
+        return None
+    mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def _cgroup_available() -> Optional[int]:
+    """Room left under a cgroup memory limit (v2 or v1), or None when no limit applies."""
+    cands = [(Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current"), Path("/sys/fs/cgroup/memory.stat"),
+              "inactive_file"),
+             (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+              Path("/sys/fs/cgroup/memory/memory.stat"), "total_inactive_file")]
+    for lim_p, use_p, stat_p, inactive_key in cands:
+        try:
+            lim_t = lim_p.read_text().strip()
+            if lim_t == "max":
+                return None
+            limit = int(lim_t)
+            usage = int(use_p.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 2**60:  # "unlimited"
+            return None
+        inactive = 0
+        try:
+            for line in stat_p.read_text().splitlines():
+                k, _, v = line.partition(" ")
+                if k == inactive_key:
+                    inactive = int(v)
+        except (OSError, ValueError):
+            pass
+        return max(0, limit - (usage - inactive))  # page cache that can be dropped is not "used"
+    return None
+
+
+def available_bytes() -> tuple[Optional[int], str]:
+    """``(bytes, where it came from)``: memory a new allocation can get without swapping or being killed."""
+    env = os.environ.get("FEDLEAK_MEMORY_LIMIT")
+    if env:
+        v = _parse_bytes(env)
+        if v is not None:
+            return v, "FEDLEAK_MEMORY_LIMIT"
+    avail, src = None, "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail, src = int(line.split()[1]) * 1024, "MemAvailable"
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            import psutil  # type: ignore
+
+            avail, src = int(psutil.virtual_memory().available), "psutil"
+        except Exception:
+            pass
+    cg = _cgroup_available()
+    if cg is not None and (avail is None or cg < avail):
+        avail, src = cg, "cgroup memory limit"
+    return avail, src
+
+
+def model_profile(cfg) -> dict:
+    """Parameter count, big-linear parameter count and activations per image, from a ``meta``-device model."""
+    import torch
+    from torch import nn
+
+    from fedleak.attacks.engine import EngineConfig
+    from fedleak.client.models import build_model
+
+    kw = dict(num_classes=cfg.model.num_classes, image_size=cfg.data.size, width=cfg.model.width,
+              activation=cfg.model.activation, seed=0, **cfg.model.options)
+    threshold = cfg.attack.get("big_threshold", EngineConfig.big_threshold)
+    if not isinstance(threshold, int):
+        threshold = EngineConfig.big_threshold
+    with torch.device("meta"):
+        model = build_model(cfg.model.name, **kw)
+    params = sum(p.numel() for p in model.parameters())
+    largest = max((p.numel() for p in model.parameters()), default=0)
+    big = sum(m.weight.numel() for m in model.modules()
+              if isinstance(m, nn.Linear) and m.weight.numel() >= threshold)
+    acts = [0]
+
+    def hook(mod, inputs, out):
+        for o in (out if isinstance(out, (tuple, list)) else [out]):
+            if torch.is_tensor(o):
+                acts[0] += o.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, cfg.data.size, cfg.data.size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"params": params, "big_params": big, "largest": largest, "acts_per_image": acts[0]}
+
+
+def _load_run_libraries() -> None:
+    """Import what a run imports anyway (plots, metrics, image I/O): their resident size is part of the peak,
+    and it differs between installations, so it is measured rather than modelled."""
+    import importlib
+
+    for name in ("matplotlib.pyplot", "scipy.optimize", "skimage.metrics", "cv2", "fedleak.metrics.scores",
+                 "fedleak.metrics.plots"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # optional or broken library: the run will report it itself
+            pass
+
+
+def estimate(cfg) -> Estimate:
+    """Rough peak memory of ``fedleak run`` for a validated :class:`~fedleak.config.RunConfig`."""
+    prof = model_profile(cfg)
+    P, Pbig, A = prof["params"], prof["big_params"], prof["acts_per_image"]
+    B = cfg.data.batch_size
+    p = cfg.protocol
+    if p.name == "fedavg":
+        steps = p.local_steps * p.epochs
+        per_step = min(B, p.local_batch_size or B)
+    else:
+        steps, per_step = 1, B
+    dtype = cfg.attack.get("dtype", "float32")
+    ab = 8 if dtype == "float64" else 4
+    restarts = cfg.attack.get("restarts", 1)
+    restarts = restarts if isinstance(restarts, int) and restarts > 0 else 1
+    parts = {
+        "model": int(C_PARAMS * P * 4 + (P * (ab - 4) * 2)  # float64 attack: model + target copies double
+                     + C_LARGEST * prof["largest"]),
+        "client": int(C_CLIENT * A * per_step * 4),
+        "attack": int(C_ACT * A * per_step * steps * ab + C_STEP * (P - Pbig) * steps * ab
+                      + 4 * B * 3 * cfg.data.size ** 2 * ab * (2 + restarts)),  # latents, Adam moments, best images
+        "slack": SLACK,
+    }
+    added = sum(parts.values())
+    _load_run_libraries()  # so that "process now" includes the libraries every run loads
+    now = current_rss()
+    parts = {"process now": now, **parts}
+    return Estimate(total=now + added, added=added, parts=parts,
+                    details={"params": P, "big_linear_params": Pbig, "activations_per_image": A,
+                             "images_per_step": per_step, "local_steps": steps})
+
+
+def check(cfg, force: bool = False, available: Optional[int] = None, log=None) -> Optional[Estimate]:
+    """Estimate the run's memory and raise :class:`ResourceError` (one line: estimate and limit) when it does
+    not fit in ``HEADROOM`` x the available memory, unless ``force``. Returns the estimate (None when the model
+    cannot be profiled, e.g. an ``import:`` model that does not build on the meta device)."""
+    try:
+        est = estimate(cfg)
+    except FedleakError:
+        raise
+    except Exception as e:  # a custom model that cannot be built on the meta device: no estimate, no refusal
+        if log:
+            log(f"memory estimate unavailable ({type(e).__name__}: {e}); not checked")
+        return None
+    src = "given"
+    if available is None:
+        available, src = available_bytes()
+    if log:
+        log(f"memory estimate {est.describe()}; available {gib(available) if available else '?'} ({src})")
+    if available is not None and est.added > HEADROOM * available:
+        msg = (f"this run needs an estimated {gib(est.total)} of memory ({gib(est.added)} more than now: "
+               + ", ".join(f"{k} {gib(v)}" for k, v in est.parts.items() if k != "process now")
+               + f") but only {gib(available)} is available ({src}); reduce data.batch_size, data.size or "
+               f"protocol.local_steps, or pass --force to try anyway")
+        if not force:
+            raise ResourceError(msg)
+        if log:
+            log("memory guard overridden (--force): " + msg)
+    return est

@@ -1,0 +1,199 @@
+"""Atomic result files and run folders."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from fedleak.errors import FedleakError
+
+COMPLETE_MARK = "COMPLETE"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        _fsync(tmp)  # the data reaches the disk before the rename makes it visible (power loss, not just kill)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+    import torch
+
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems without fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+#: files of a run folder that are not results: logs (``*.log``) keep growing after the marker; the checkpoint
+#: is working state (deleted when the run completes); temporaries start with a dot
+NOT_RESULTS = {COMPLETE_MARK, "checkpoint.pt", "report.html"}  # report.html may be (re)written later
+
+
+class IncompleteRunError(FedleakError):
+    """A run folder is missing its COMPLETE marker, or its results do not match the marker's manifest."""
+
+
+def _manifest(run_dir: Path) -> dict:
+    files = {}
+    for f in sorted(run_dir.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and f.name not in NOT_RESULTS and f.suffix != ".log":
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mark_complete(run_dir: str | Path) -> None:
+    """Write ``COMPLETE`` last: a JSON manifest (name, size, SHA-256) of every result file in the folder."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / COMPLETE_MARK, {"complete": True, "files": _manifest(run_dir)})
+
+
+def check_complete(run_dir: str | Path, verify: bool = False) -> None:
+    """Return None if ``run_dir`` is a finished run whose results are all present and unchanged; else raise
+    :class:`IncompleteRunError` (a :class:`FedleakError`) with a one-line reason.
+
+    Checks: the folder exists; ``COMPLETE`` exists and is a manifest; every listed file exists with the
+    recorded size (``verify=True`` also compares SHA-256); ``metrics.json``, when listed, parses and is not
+    ``interrupted``. A legacy marker (plain text ``ok``, before manifests) passes if ``config.yaml`` and
+    ``metrics.json`` exist and parse.
+    """
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise IncompleteRunError(f"{str(d)!r} is not a run folder")
+    mark = d / COMPLETE_MARK
+    if not mark.is_file():
+        hint = "; fedleak run --resume continues it" if (d / "checkpoint.pt").is_file() else ""
+        raise IncompleteRunError(f"run folder {str(d)!r} is incomplete (no {COMPLETE_MARK} marker: interrupted, "
+                                 f"killed, failed or still running{hint})")
+    try:
+        text = mark.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IncompleteRunError(f"run folder {str(d)!r}: unreadable {COMPLETE_MARK} marker ({e})") from None
+    if text.strip() == "ok":  # legacy marker
+        files = {n: None for n in ("config.yaml", "metrics.json")}
+    else:
+        try:
+            man = json.loads(text)
+            files = man["files"]
+            if man.get("complete") is not True or not isinstance(files, dict):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise IncompleteRunError(f"run folder {str(d)!r}: {COMPLETE_MARK} marker is not a valid manifest") from None
+    for name, rec in files.items():
+        f = d / name
+        if not f.is_file():
+            raise IncompleteRunError(f"run folder {str(d)!r}: result file {name!r} is missing")
+        if rec is not None:
+            if f.stat().st_size != rec.get("bytes"):
+                raise IncompleteRunError(f"run folder {str(d)!r}: {name!r} changed size since the run completed "
+                                         f"({f.stat().st_size} bytes, manifest {rec.get('bytes')})")
+            if verify and _sha256(f) != rec.get("sha256"):
+                raise IncompleteRunError(f"run folder {str(d)!r}: {name!r} changed since the run completed (SHA-256)")
+    if "metrics.json" in files:
+        try:
+            m = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise IncompleteRunError(f"run folder {str(d)!r}: metrics.json is unreadable ({type(e).__name__})") from None
+        if isinstance(m, dict) and m.get("interrupted"):
+            raise IncompleteRunError(f"run folder {str(d)!r}: metrics.json is from an interrupted run")
+
+
+def is_complete(run_dir: str | Path, verify: bool = False) -> bool:
+    """``True`` when :func:`check_complete` passes."""
+    try:
+        check_complete(run_dir, verify=verify)
+    except IncompleteRunError:
+        return False
+    return True
+
+
+def torch_load_safely(path: Path, what: str, error: type[FedleakError] = FedleakError, hint: str = ""):
+    """``torch.load(path, weights_only=True)``: only tensors, numbers, strings and containers are accepted, so a
+    file carrying a pickled object (which could run code) is refused with ``error`` instead of executed; an
+    unreadable file also raises ``error``. ``what`` names the file in the message, ``hint`` ends it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise error(f"{what} holds Python objects other than tensors and numbers; refusing to load it "
+                        f"(loading could run code){hint}") from None
+        raise error(f"{what} is unreadable ({type(e).__name__}){hint}") from None
+
+
+def load_tensors(path: str | Path) -> dict:
+    """Load a ``torch.save`` result file (``reconstruction.pt``, checkpoints) safely (:func:`torch_load_safely`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FedleakError(f"{str(p)!r} not found")
+    obj = torch_load_safely(p, repr(str(p)))
+    if not isinstance(obj, dict):
+        raise FedleakError(f"{str(p)!r} does not hold a dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def new_run_dir(base: str | Path, name: str) -> Path:
+    """Create ``base/name`` (or ``base/name-2``, ...) and return it."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        d = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"too many runs named {name!r} in {base}")
