@@ -1,7 +1,9 @@
-"""Name -> factory registries (models, obfuscations, attacks, ...).
+"""Name -> factory registries (models, obfuscations, attacks, enhancers, scenarios, losses, priors, ...).
 
-Unknown names raise :class:`ConfigError` listing the valid choices, and keyword arguments are checked
-against the factory's signature so that a typo in a config key is reported, not silently ignored.
+Unknown names raise :class:`ConfigError` listing the valid choices. An entry may declare a typed options model
+(:class:`~fedleak.options.Options`) and its :class:`~fedleak.options.Capabilities`; :meth:`Registry.options`
+validates a raw mapping against it. Entries without a model have their keyword arguments checked against the
+factory's signature, so that a typo in a config key is reported, not silently ignored.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import inspect
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from fedleak.errors import ConfigError
+from fedleak.options import Capabilities, Options, validate_options
 
 T = TypeVar("T")
 
@@ -19,13 +22,20 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
         self._docs: dict[str, str] = {}
+        self._options: dict[str, type[Options]] = {}
+        self._caps: dict[str, Capabilities] = {}
 
-    def register(self, name: str, doc: str | None = None):
+    def register(self, name: str, doc: str | None = None, *, options: type[Options] | None = None,
+                 caps: Capabilities | None = None):
+        """Decorator registering ``obj`` under ``name``, with its options model and capabilities if given."""
         def deco(obj):
             key = name.lower()
             if key in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[key] = obj
+            if options is not None:
+                self._options[key] = options
+            self._caps[key] = caps or Capabilities()
             text = doc or (inspect.getdoc(obj) or "").strip().splitlines()
             self._docs[key] = text if isinstance(text, str) else (text[0] if text else "")
             return obj
@@ -52,6 +62,21 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}"
             )
         return key
+
+    def options_model(self, name: str) -> type[Options] | None:
+        """The typed options model declared for ``name`` (None if the entry declared none)."""
+        return self._options.get(self.resolve(name))
+
+    def caps(self, name: str) -> Capabilities:
+        return self._caps[self.resolve(name)]
+
+    def options(self, name: str, raw: dict | None = None) -> Options:
+        """Validate ``raw`` against the options model of ``name`` (one-line ConfigError on any problem)."""
+        key = self.resolve(name)
+        model = self._options.get(key)
+        if model is None:
+            raise ConfigError(f"{self.kind} {key!r} declares no options model")
+        return validate_options(model, raw or {}, f"{self.kind} {key!r}")
 
     def get(self, name: str) -> Callable[..., T]:
         return self._items[self.resolve(name)]

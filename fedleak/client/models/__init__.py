@@ -33,6 +33,14 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[key]()
 
 
+def model_kwargs(model_cfg, image_size: int, default_seed: int = 0) -> dict:
+    """The keyword arguments of :func:`build_model` for a validated ``model:`` config section (the one builder
+    used by the case, the Flower audit and the memory guard). ``default_seed`` applies when the section sets none."""
+    return dict(num_classes=model_cfg.num_classes, image_size=image_size, width=model_cfg.width,
+                activation=model_cfg.activation,
+                seed=model_cfg.seed if model_cfg.seed is not None else default_seed, **model_cfg.options)
+
+
 def build_model(
     name: str,
     *,
