@@ -31,6 +31,7 @@ from typing import Any
 
 from fedleak.attacks import ATTACKS, Reconstruction
 from fedleak.attacks.engine import EngineConfig, run_engine
+from fedleak.options import Capabilities
 
 PRESETS: dict[str, dict[str, Any]] = {
     "dlg": dict(iterations=50, lr=1.0, optimizer="lbfgs", lbfgs_inner=20, line_search=None, schedule="none",
@@ -93,4 +94,4 @@ _DOCS = {
 }
 
 for _name in PRESETS:
-    ATTACKS.register(_name, doc=_DOCS[_name])(_make(_name))
+    ATTACKS.register(_name, doc=_DOCS[_name], caps=Capabilities(seeds=True, checkpoints=True))(_make(_name))
