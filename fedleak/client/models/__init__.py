@@ -10,27 +10,8 @@ import importlib
 import torch
 from torch import nn
 
+from fedleak.client.models.base import ACTIVATIONS, MODELS, activation  # noqa: F401  (public names)
 from fedleak.errors import ConfigError
-from fedleak.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model")
-
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "leaky-relu": lambda: nn.LeakyReLU(0.2),
-    "gelu": nn.GELU,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-}
-
-
-def activation(name: str) -> nn.Module:
-    key = str(name).lower().replace("_", "-")
-    if key not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
-    return ACTIVATIONS[key]()
 
 
 def model_kwargs(model_cfg, image_size: int, default_seed: int = 0) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.client.models import MODELS, activation as act
+from fedleak.client.models.base import MODELS, activation as act
 
 
 def _block(cin, cout, activation, norm):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.client.models import MODELS, activation as act
+from fedleak.client.models.base import MODELS, activation as act
 
 
 @MODELS.register("lenet", doc="ROG's LeNet: conv32-conv64 (5x5, pad 2, bias) + maxpools, fc512, fc (no bias)")

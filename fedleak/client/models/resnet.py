@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.client.models import MODELS, activation as act
+from fedleak.client.models.base import MODELS, activation as act
 
 
 class BasicBlock(nn.Module):

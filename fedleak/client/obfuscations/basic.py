@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from fedleak.client.obfuscations import ObfContext, Obfuscation, Tensors, register
+from fedleak.client.obfuscations.base import ObfContext, Obfuscation, Tensors, register
 
 #: bits of one uncompressed value (and of one side-channel scalar such as a per-tensor norm)
 FLOAT_BITS = 32

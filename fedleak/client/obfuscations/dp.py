@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from fedleak.client.obfuscations import ObfContext, Obfuscation, Tensors, register
+from fedleak.client.obfuscations.base import ObfContext, Obfuscation, Tensors, register
 from fedleak.client.obfuscations.basic import CLIP_MARGIN, as_choice, as_float, as_int, clip_tensors, dense_bits, exactly_one
 from fedleak.client.obfuscations.noise import gaussian_noise, laplace_noise
 

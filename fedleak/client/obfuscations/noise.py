@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from fedleak.client.obfuscations import ObfContext, Obfuscation, Tensors, register
+from fedleak.client.obfuscations.base import ObfContext, Obfuscation, Tensors, register
 from fedleak.client.obfuscations.basic import as_float, dense_bits, exactly_one
 
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from fedleak.client.obfuscations import ObfContext, Obfuscation, Tensors, register
+from fedleak.client.obfuscations.base import ObfContext, Obfuscation, Tensors, register
 from fedleak.client.obfuscations.basic import FLOAT_BITS, as_choice, as_int
 
 
