@@ -94,6 +94,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    return _sha256(Path(path))
+
+
 def mark_complete(run_dir: str | Path) -> None:
     """Write ``COMPLETE`` last: a JSON manifest (name, size, SHA-256) of every result file in the folder."""
     run_dir = Path(run_dir)
