@@ -1,8 +1,11 @@
 """Reconstruction attacks, selected by name.
 
-Every attack is a function ``fn(view: ServerView, update: Update, *, callback=None, **options) ->
-Reconstruction`` registered in :data:`ATTACKS`. It may use only the server's view, the update and the
-options (declared prior knowledge) — never the client's images.
+Every attack is a function registered in :data:`ATTACKS` with its typed options model (``options=``) and
+capabilities (``caps=``), called as ``fn(view: ServerView, update: Update, options, *, callback=None) ->
+Reconstruction`` with ``options`` validated by :func:`check_attack_config`. (An attack registered without a
+model is called ``fn(view, update, callback=None, **options)``, its keywords checked against its signature.)
+It may use only the server's view, the update and the options (declared prior knowledge) — never the client's
+images.
 
 ``callback(state: dict)`` is called during long attacks with at least ``iteration``, ``iterations``,
 ``loss`` and ``elapsed``; it may raise to abort. Attacks catch ``KeyboardInterrupt`` and return the best
@@ -14,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+from pydantic import ConfigDict
 
 from fedleak.errors import ConfigError
+from fedleak.options import Options
 from fedleak.registry import Registry, check_kwargs
 
 
@@ -33,29 +38,40 @@ AttackFn = Callable[..., Reconstruction]
 ATTACKS: Registry[AttackFn] = Registry("attack")
 
 
-def attack(name: str | dict, view, update, callback=None, **options) -> Reconstruction:
-    """Run attack ``name`` (or a config dict ``{name: ..., **options}``) on what the server saw."""
-    if isinstance(name, dict):
-        options = {**{k: v for k, v in name.items() if k != "name"}, **options}
-        name = name["name"]
-    fn = ATTACKS.get(name)
-    check_kwargs(fn, {**options, "callback": callback}, f"attack {ATTACKS.resolve(name)!r}")
-    validator = getattr(fn, "validate", None)
-    if validator is not None:
-        validator(**options)
-    return fn(view, update, callback=callback, **options)
+class UncheckedOptions(Options):
+    """Options of an attack that declares no options model: checked against its function's signature only."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-def check_attack_config(cfg: dict) -> None:
-    """Validate an ``attack:`` config section without running it."""
-    if not isinstance(cfg, dict) or "name" not in cfg:
+def check_attack_config(section: dict) -> Options:
+    """Validate an ``attack:`` config section (``{name: ..., **options}``) without running it; returns the
+    attack's typed options (one-line :class:`ConfigError` on any problem)."""
+    if not isinstance(section, dict) or "name" not in section:
         raise ConfigError("attack must be a mapping with a 'name'")
-    fn = ATTACKS.get(cfg["name"])
-    opts = {k: v for k, v in cfg.items() if k != "name"}
-    check_kwargs(fn, opts, f"attack {ATTACKS.resolve(cfg['name'])!r}")
-    validator = getattr(fn, "validate", None)
-    if validator is not None:
-        validator(**opts)
+    name = ATTACKS.resolve(section["name"])
+    raw = {k: v for k, v in section.items() if k != "name"}
+    if ATTACKS.options_model(name) is not None:
+        return ATTACKS.options(name, raw)
+    # an attack that declares no options model yet (the imprint readouts): its signature is the check
+    check_kwargs(ATTACKS.get(name), raw, f"attack {name!r}")
+    return UncheckedOptions(**raw)
+
+
+def attack(name_or_section: str | dict, view, update, callback=None, **options) -> Reconstruction:
+    """Run attack ``name_or_section`` (a name, or a config section ``{name: ..., **options}``) on what the server
+    saw; ``options`` override the section's. The attack receives its validated options."""
+    if isinstance(name_or_section, str):
+        section = {"name": name_or_section, **options}
+    elif isinstance(name_or_section, dict):
+        section = {**name_or_section, **options}
+    else:
+        raise ConfigError(f"attack must be a name or a mapping with a 'name', got {type(name_or_section).__name__}")
+    opts = check_attack_config(section)
+    fn = ATTACKS.get(section["name"])
+    if isinstance(opts, UncheckedOptions):
+        return fn(view, update, callback=callback, **(opts.model_extra or {}))
+    return fn(view, update, opts, callback=callback)
 
 
 from fedleak.attacks import presets  # noqa: E402,F401  (registration)
