@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import create_model
 
-from fedleak.attacks import ATTACKS, Reconstruction
+from fedleak.attacks.base import ATTACKS, Reconstruction
 from fedleak.attacks.engine import EngineConfig, run_engine
 from fedleak.options import Capabilities
 

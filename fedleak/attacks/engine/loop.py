@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from fedleak.attacks import Reconstruction
+from fedleak.attacks.base import Reconstruction
 from fedleak.attacks.engine.checkpoint import fingerprint, load_checkpoint, restore, save_checkpoint, snapshot
 from fedleak.attacks.engine.latent import Latent
 from fedleak.attacks.engine.options import EngineConfig
