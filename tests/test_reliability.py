@@ -473,7 +473,7 @@ class _NaNAt:
                 spy.calls += 1
                 return out * float("nan") if bad(spy.calls) else out
 
-        monkeypatch.setattr(engine, "Matcher", M)
+        monkeypatch.setattr(engine.loop, "Matcher", M)
 
 
 def test_nan_during_optimisation_error_path(tmp_path, monkeypatch, capsys):

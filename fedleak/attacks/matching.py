@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from fedleak.attacks.losses import LOSSES, MatchLoss
 from fedleak.errors import ConfigError
 
 
@@ -42,6 +43,10 @@ SIGNS = {"sign"}
 DETERMINISTIC_QUANT = {"uniform"}
 
 
+#: values of the engine option ``aware`` (also accepted: true/on = auto, false/off/plain = none)
+AWARE_CHOICES = ("auto", "none", "mask", "sign", "quant")
+
+
 def matching_mode(obfuscation: list[dict], aware: str | bool) -> str:
     """Pick how to compare, from the declared obfuscation pipeline: plain, mask, sign or quant."""
     if aware in (False, "none", "off", "plain"):
@@ -57,22 +62,21 @@ def matching_mode(obfuscation: list[dict], aware: str | bool) -> str:
         return "plain"
     if aware in ("mask", "sign", "quant"):
         return aware
-    raise ConfigError(f"attack option aware={aware!r}; valid: auto, none, mask, sign, quant")
+    raise ConfigError(f"attack option aware={aware!r}; valid: {', '.join(AWARE_CHOICES)}")
 
 
 class Matcher:
     """Matching loss between a simulated update (GradRep) and the received one.
 
-    ``loss``: ``l2`` (sum of squared differences, DLG/ROG) or ``cosine`` (1 - cosine similarity over the
-    whole update, Inverting Gradients). ``weights``: per-parameter weights (default 1).
+    ``loss``: a :data:`~fedleak.attacks.losses.LOSSES` entry or its name (``l2``: sum of squared differences,
+    DLG/ROG; ``cosine``: 1 - cosine similarity over the whole update, Inverting Gradients). ``weights``:
+    per-parameter weights (default 1). Sign matching always uses the l1 sign agreement, whatever the loss.
     """
 
-    def __init__(self, target: dict[str, torch.Tensor], loss: str = "l2", mode: str = "plain",
+    def __init__(self, target: dict[str, torch.Tensor], loss: str | MatchLoss = "l2", mode: str = "plain",
                  weights: Optional[dict[str, float]] = None, factor_names: tuple[str, ...] = (),
                  quant_levels: Optional[int] = None):
-        if loss not in ("l2", "cosine"):
-            raise ConfigError(f"attack option loss={loss!r}; valid: l2, cosine")
-        self.loss = loss
+        self.loss = loss if isinstance(loss, MatchLoss) else LOSSES.get(loss)
         self.mode = mode
         self.weights = weights or {}
         self.quant_levels = quant_levels
@@ -119,9 +123,9 @@ class Matcher:
                 continue
             a, b, c, d = self._factor_terms(k, D, H)
             dot, gg, tt, l2 = dot + w * a, gg + w * b, tt + w * c, l2 + w * d
-        if self.mode == "sign" or self.loss == "l2":
+        if self.mode == "sign":
             return l2
-        return 1.0 - dot / (gg.clamp_min(1e-30).sqrt() * max(tt, 1e-30) ** 0.5)
+        return self.loss.combine(dot, gg, tt, l2)
 
     # each term returns (dot, |g|^2, |t|^2, squared-distance) restricted to what is compared
     def _dense_terms(self, k, g):
@@ -136,7 +140,7 @@ class Matcher:
             g = _ste_uniform(g, self.quant_levels)
         if k in self.masks:
             g = g * self.masks[k]
-        if self.loss == "l2":  # direct difference: no cancellation between large terms
+        if self.loss.direct:  # direct difference: no cancellation between large terms
             z = g.new_zeros(())
             return z, z, 0.0, ((g - t) ** 2).sum()
         dot = (g * t).sum()

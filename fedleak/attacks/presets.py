@@ -19,6 +19,9 @@ bfloat16 (AVX512-BF16 / AMX) the simulated update is computed under bfloat16 aut
 iteration with reconstruction quality within the float-noise spread of float32 runs (docs/results.md, sections 3 and 3b).
 ``precision: float32`` restores full precision; dlg/idlg (L-BFGS) always run in full precision.
 
+Each preset registers a typed options model (:data:`PRESET_OPTIONS`):
+:class:`~fedleak.attacks.engine.EngineConfig` with the preset's defaults, so ``ATTACKS.options("rog", {...})`` gives validated engine options of that preset.
+
 All presets match obfuscation-aware by default (``aware: auto``): top-k / random-k / pruned updates are
 matched only on the coordinates that were sent, sign-compressed ones by their l1 sign agreement and
 deterministically quantised ones after the same rounding (straight-through). ``aware: none`` gives the plain
@@ -26,10 +29,12 @@ matching of the original papers.
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import Any
 
-from fedleak.attacks import ATTACKS, Reconstruction
+from pydantic import create_model
+
+from fedleak.attacks.base import ATTACKS, Reconstruction
 from fedleak.attacks.engine import EngineConfig, run_engine
 from fedleak.options import Capabilities
 
@@ -46,45 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 precision="auto"),
 }
 
-#: iterations for sign-compressed updates, per preset (the issue: "signSGD: more iterations")
+#: iterations for sign-compressed updates, per preset (the issue: "signSGD: more iterations"), applied only
+#: when the user did not set ``iterations``
 SIGN_ITERATIONS = {"rog": 300}
-
-_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
-
-
-def engine_config(preset: str, update=None, **options) -> EngineConfig:
-    base = dict(PRESETS[preset])
-    if update is not None and "iterations" not in options and preset in SIGN_ITERATIONS:
-        if any(str(s.get("name")) == "sign" for s in update.obfuscation or []):
-            base["iterations"] = SIGN_ITERATIONS[preset]
-    base.update(options)
-    return EngineConfig(**base)
-
-
-def _make(preset: str):
-    def attack_fn(view, update, callback=None, **options) -> Reconstruction:
-        rec = run_engine(view, update, engine_config(preset, update, **options), callback=callback)
-        rec.info["attack"] = preset
-        return rec
-
-    def validate(**options):
-        unknown = set(options) - _FIELDS
-        if unknown:
-            from fedleak.errors import ConfigError
-
-            raise ConfigError(f"attack {preset!r}: unknown option(s) {sorted(unknown)}; valid: {', '.join(sorted(_FIELDS))}")
-        try:
-            engine_config(preset, None, **options).validate()
-        except TypeError as e:
-            from fedleak.errors import ConfigError
-
-            raise ConfigError(f"attack {preset!r}: {e}") from None
-
-    attack_fn.__name__ = preset.replace("-", "_")
-    attack_fn.__doc__ = (__doc__ or "").split("\n")[0]
-    attack_fn.validate = validate
-    return attack_fn
-
 
 _DOCS = {
     "dlg": "DLG (Zhu et al. 2019): pixels, L2, L-BFGS, joint dummy labels",
@@ -93,5 +62,48 @@ _DOCS = {
     "rog": "ROG (Yue et al. 2023): 4x low-res latent, bicubic upsampling, L2, Adam + cosine",
 }
 
+
+def preset_options(preset: str) -> type[EngineConfig]:
+    """:class:`EngineConfig` with the defaults of ``preset`` (same fields, ranges and checks)."""
+    fields = {}
+    for key, value in PRESETS[preset].items():
+        info = copy.deepcopy(EngineConfig.model_fields[key])
+        info.default = value
+        fields[key] = (info.annotation, info)
+    title = "".join(w.capitalize() for w in preset.split("-"))
+    return create_model(f"{title}Options", __base__=EngineConfig, __doc__=f"Engine options of {_DOCS[preset]}.",
+                        __module__=__name__, **fields)
+
+
+#: preset name -> its typed options model
+PRESET_OPTIONS: dict[str, type[EngineConfig]] = {name: preset_options(name) for name in PRESETS}
+
+
+def sign_budget(preset: str, options: EngineConfig, update=None) -> EngineConfig:
+    """``options`` with the preset's iterations for sign-compressed updates, unless ``iterations`` was given."""
+    if update is None or preset not in SIGN_ITERATIONS or "iterations" in options.model_fields_set:
+        return options
+    if any(str(s.get("name")) == "sign" for s in update.obfuscation or []):
+        return options.model_copy(update={"iterations": SIGN_ITERATIONS[preset]})
+    return options
+
+
+def engine_config(preset: str, update=None, **options) -> EngineConfig:
+    """The engine options of ``preset`` with ``options`` overridden (validated), for ``update`` if given."""
+    return sign_budget(preset, ATTACKS.options(preset, options), update)
+
+
+def _make(preset: str):
+    def attack_fn(view, update, options: EngineConfig, *, callback=None) -> Reconstruction:
+        rec = run_engine(view, update, sign_budget(preset, options, update), callback=callback)
+        rec.info["attack"] = preset
+        return rec
+
+    attack_fn.__name__ = preset.replace("-", "_")
+    attack_fn.__doc__ = _DOCS[preset]
+    return attack_fn
+
+
 for _name in PRESETS:
-    ATTACKS.register(_name, doc=_DOCS[_name], caps=Capabilities(seeds=True, checkpoints=True))(_make(_name))
+    ATTACKS.register(_name, doc=_DOCS[_name], options=PRESET_OPTIONS[_name],
+                     caps=Capabilities(seeds=True, checkpoints=True))(_make(_name))

@@ -160,9 +160,9 @@ def model_profile(cfg) -> dict:
 
     kw = dict(num_classes=cfg.model.num_classes, image_size=cfg.data.size, width=cfg.model.width,
               activation=cfg.model.activation, seed=0, **cfg.model.options)
-    threshold = cfg.attack.get("big_threshold", EngineConfig.big_threshold)
+    threshold = cfg.attack.get("big_threshold", EngineConfig.model_fields["big_threshold"].default)
     if not isinstance(threshold, int):
-        threshold = EngineConfig.big_threshold
+        threshold = EngineConfig.model_fields["big_threshold"].default
     with torch.device("meta"):
         model = build_model(cfg.model.name, **kw)
     params = sum(p.numel() for p in model.parameters())

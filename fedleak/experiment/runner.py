@@ -174,7 +174,7 @@ def _attack_options(cfg) -> dict:
             ok = True
         except ConfigError:
             ok = False
-        if ok and (getattr(fn, "validate", None) is not None or _takes(fn, "seed")):
+        if ok and (ATTACKS.caps(opts["name"]).seeds or _takes(fn, "seed")):
             opts = trial
     return opts
 

@@ -1,0 +1,67 @@
+"""The attack registry and its entry points (:data:`ATTACKS`, :func:`attack`, :func:`check_attack_config`).
+
+Kept apart from the package ``__init__`` so that the modules registering attacks (``presets``, ``readout``) import
+this module, not the package that imports them (no package <-> submodule import cycle). See
+:mod:`fedleak.attacks` for the calling convention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from pydantic import ConfigDict
+
+from fedleak.errors import ConfigError
+from fedleak.options import Options
+from fedleak.registry import Registry, check_kwargs
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor  # (B, C, H, W) in [0, 1]
+    labels: Optional[torch.Tensor] = None  # labels used / recovered by the attack
+    loss_history: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    #: optional extra per-iteration series, e.g. {"psnr": [(iteration, value), ...]}
+    series: dict[str, list] = field(default_factory=dict)
+
+
+AttackFn = Callable[..., Reconstruction]
+ATTACKS: Registry[AttackFn] = Registry("attack")
+
+
+class UncheckedOptions(Options):
+    """Options of an attack that declares no options model: checked against its function's signature only."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def check_attack_config(section: dict) -> Options:
+    """Validate an ``attack:`` config section (``{name: ..., **options}``) without running it; returns the
+    attack's typed options (one-line :class:`ConfigError` on any problem)."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError("attack must be a mapping with a 'name'")
+    name = ATTACKS.resolve(section["name"])
+    raw = {k: v for k, v in section.items() if k != "name"}
+    if ATTACKS.options_model(name) is not None:
+        return ATTACKS.options(name, raw)
+    # an attack that declares no options model yet (the imprint readouts): its signature is the check
+    check_kwargs(ATTACKS.get(name), raw, f"attack {name!r}")
+    return UncheckedOptions(**raw)
+
+
+def attack(name_or_section: str | dict, view, update, callback=None, **options) -> Reconstruction:
+    """Run attack ``name_or_section`` (a name, or a config section ``{name: ..., **options}``) on what the server
+    saw; ``options`` override the section's. The attack receives its validated options."""
+    if isinstance(name_or_section, str):
+        section = {"name": name_or_section, **options}
+    elif isinstance(name_or_section, dict):
+        section = {**name_or_section, **options}
+    else:
+        raise ConfigError(f"attack must be a name or a mapping with a 'name', got {type(name_or_section).__name__}")
+    opts = check_attack_config(section)
+    fn = ATTACKS.get(section["name"])
+    if isinstance(opts, UncheckedOptions):
+        return fn(view, update, callback=callback, **(opts.model_extra or {}))
+    return fn(view, update, opts, callback=callback)

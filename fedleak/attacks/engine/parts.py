@@ -1,0 +1,36 @@
+"""The one place where the engine's named options become objects, through their registries.
+
+``loss`` -> :data:`~fedleak.attacks.losses.LOSSES`, ``tv``/``priors`` -> :data:`~fedleak.attacks.priors.PRIORS`,
+``param`` -> :data:`~fedleak.attacks.engine.latent.PARAMETERISATIONS`, ``schedule`` ->
+:data:`~fedleak.attacks.schedules.SCHEDULES`. A new loss, prior, parameterisation or schedule is one registration
+in its module; nothing here or in the loop changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedleak.attacks.engine.latent import PARAMETERISATIONS, Parameterisation
+from fedleak.attacks.losses import LOSSES, MatchLoss
+from fedleak.attacks.priors import PRIORS, Prior
+from fedleak.attacks.schedules import SCHEDULES, Schedule
+
+
+@dataclass(frozen=True)
+class Parts:
+    loss: MatchLoss
+    priors: tuple[tuple[str, float, Prior], ...]  # (name, configured weight, prior), in configured order
+    param: Parameterisation
+    schedule: Schedule
+
+    def prior_terms(self, cfg, side: int) -> list[tuple[float, Prior]]:
+        """(effective weight, prior): side-scaled priors are weighted x side / tv_size when tv_size is set."""
+        return [(w * (side / cfg.tv_size if cfg.tv_size and p.side_scaled else 1.0), p) for _, w, p in self.priors]
+
+
+def resolve_parts(cfg) -> Parts:
+    return Parts(
+        loss=LOSSES.get(cfg.loss),
+        priors=tuple((name, w, PRIORS.get(name)) for name, w in cfg.prior_weights().items()),
+        param=PARAMETERISATIONS.get(cfg.param),
+        schedule=SCHEDULES.get(cfg.schedule),
+    )

@@ -1,0 +1,170 @@
+"""The engine's registries (losses, priors, parameterisations, schedules), its typed options and the presets'
+typed options: names resolve through one registry each, a registered loss or prior is used without editing the
+engine, unknown names list the valid ones, and the sign-compressed iteration budget of ``rog`` applies only when
+``iterations`` was not given."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from fedleak.attacks import ATTACKS, UncheckedOptions, attack, check_attack_config
+from fedleak.attacks.engine import EngineConfig, resolve_parts
+from fedleak.attacks.losses import LOSSES, MatchLoss
+from fedleak.attacks.presets import PRESET_OPTIONS, PRESETS, SIGN_ITERATIONS, engine_config, sign_budget
+from fedleak.attacks.priors import PRIORS, Prior
+from fedleak.config.schema import load_config
+from fedleak.errors import ConfigError
+from fedleak.experiment.case import Case
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.set_num_threads(1)
+    case = Case({"seed": 1, "data": {"size": 16, "batch_size": 1}, "model": {"name": "lenet"},
+                 "attack": "rog"})
+    return case.server_view(), case.client_update()
+
+
+def _register(monkeypatch, registry, name, obj):
+    """Register ``obj`` for this test only (the registry's entries are restored afterwards)."""
+    monkeypatch.setattr(registry, "_items", dict(registry._items))
+    monkeypatch.setattr(registry, "_docs", dict(registry._docs))
+    monkeypatch.setattr(registry, "_caps", dict(registry._caps))
+    registry.register(name, doc=f"test {name}")(obj)
+
+
+# --- unknown names ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, valid", [
+    ("loss", "l1", "valid: cosine, l2"),
+    ("schedule", "linear", "valid: cosine, multistep, none"),
+    ("param", "wavelet", "valid: lowres, pixels"),
+    ("priors", {"nope": 1.0}, "unknown prior 'nope'; valid: tv"),
+    ("optimizer", "sgd", "valid: adam, lbfgs"),
+])
+def test_unknown_names_list_the_valid_ones(key, value, valid):
+    with pytest.raises(ConfigError, match=valid) as e:
+        load_config(base={"attack": {"name": "rog", key: value}})
+    assert "\n" not in str(e.value) and str(e.value).startswith("attack 'rog': option ")
+    with pytest.raises(ConfigError, match=valid):
+        EngineConfig(**{key: value})
+
+
+def test_unknown_option_is_named_with_a_hint():
+    with pytest.raises(ConfigError, match=r"unknown option 'iteration' \(did you mean 'iterations'\?\); valid: "):
+        check_attack_config({"name": "dlg", "iteration": 3})
+
+
+def test_registered_names_are_valid_in_a_config(monkeypatch):
+    _register(monkeypatch, PRIORS, "flat", Prior(lambda x: x.var()))
+    cfg = load_config(base={"attack": {"name": "inverting-gradients", "priors": {"flat": 0.5}}})
+    opts = check_attack_config(cfg.attack)
+    assert opts.priors == {"flat": 0.5} and opts.prior_weights() == {"tv": 0.05, "flat": 0.5}
+    assert [name for name, _, _ in resolve_parts(opts).priors] == ["tv", "flat"]
+
+
+# --- a registered loss / prior is used by the engine -------------------------------------------------------
+
+def test_registered_loss_is_used_without_editing_the_engine(monkeypatch, small):
+    view, update = small
+    _register(monkeypatch, LOSSES, "double-l2", MatchLoss(lambda dot, gg, tt, l2: 2 * l2, direct=True))
+    ref = attack("rog", view, update, iterations=2)
+    mine = attack("rog", view, update, iterations=2, loss="double-l2")
+    assert mine.info["attack_config"]["loss"] == "double-l2"
+    # same start (same seed), twice the loss: the engine called the registered combine
+    assert mine.loss_history[0] == 2 * ref.loss_history[0]
+
+
+def test_registered_prior_is_used_without_editing_the_engine(monkeypatch, small):
+    view, update = small
+    calls = []
+
+    def brightness(x):
+        calls.append(tuple(x.shape))
+        return x.mean()
+
+    _register(monkeypatch, PRIORS, "brightness", Prior(brightness))
+    plain = attack("rog", view, update, iterations=3)
+    assert calls == []
+    pushed = attack("rog", view, update, iterations=3, priors={"brightness": 10.0})
+    assert calls == [(1, 3, 16, 16)] * 3  # once per iteration, on the full-resolution images
+    assert pushed.images.mean() < plain.images.mean()  # the penalty pulled the images darker
+    calls.clear()
+    attack("rog", view, update, iterations=2, priors={"brightness": 0.0})
+    assert calls == []  # a zero weight costs nothing
+
+
+def test_tv_key_and_priors_tv_mean_the_same(small):
+    view, update = small
+    a = attack("rog", view, update, iterations=3, tv=0.3, tv_size=32)
+    b = attack("rog", view, update, iterations=3, priors={"tv": 0.3}, tv_size=32)
+    assert torch.equal(a.images, b.images)
+    with pytest.raises(ConfigError, match="tv given twice"):
+        check_attack_config({"name": "rog", "tv": 0.1, "priors": {"tv": 0.1}})
+
+
+# --- typed preset options -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_options_carry_the_preset_defaults(preset):
+    model = ATTACKS.options_model(preset)
+    assert model is PRESET_OPTIONS[preset] and issubclass(model, EngineConfig)
+    defaults = model()
+    for key, value in PRESETS[preset].items():
+        assert getattr(defaults, key) == value, key
+    assert defaults.model_fields_set == set()
+    caps = ATTACKS.caps(preset)
+    assert caps.seeds and caps.checkpoints and not caps.needs_labels
+    opts = check_attack_config({"name": preset, "lr": 0.5})
+    assert isinstance(opts, model) and opts.lr == 0.5 and opts.model_fields_set == {"lr"}
+    assert opts.iterations == PRESETS[preset]["iterations"]
+
+
+def test_preset_options_keep_the_engine_checks():
+    assert PRESET_OPTIONS["inverting-gradients"]().tv == 0.05 and EngineConfig().tv == 0.0
+    with pytest.raises(ConfigError, match="attack 'inverting-gradients': option tv must be >= 0"):
+        ATTACKS.options("inverting-gradients", {"tv": -1})
+
+
+def test_attacks_without_a_model_fall_back_to_their_signature():
+    # the imprint readouts declare no options model yet: their keywords are checked against the signature
+    opts = check_attack_config({"name": "imprint", "tolerance": 1e-5})
+    assert opts.model_dump()["tolerance"] == 1e-5
+    if ATTACKS.options_model("imprint") is None:
+        assert isinstance(opts, UncheckedOptions)
+    with pytest.raises(ConfigError, match="'tolerence'"):
+        check_attack_config({"name": "imprint", "tolerence": 1e-5})
+
+
+# --- the sign-compressed iteration budget -----------------------------------------------------------------
+
+def test_sign_budget_applies_only_when_iterations_were_not_given():
+    signed = types.SimpleNamespace(obfuscation=[{"name": "sign"}])
+    plain = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.9}])
+    assert SIGN_ITERATIONS == {"rog": 300}
+    assert engine_config("rog", signed).iterations == 300
+    assert engine_config("rog", plain).iterations == 100
+    assert engine_config("rog", None).iterations == 100
+    # given explicitly, even at the preset's own default, the user's number wins
+    assert engine_config("rog", signed, iterations=100).iterations == 100
+    assert engine_config("rog", signed, iterations=7).iterations == 7
+    assert engine_config("inverting-gradients", signed).iterations == 1000  # no sign budget for this preset
+    opts = check_attack_config({"name": "rog", "lr": 0.1})
+    assert sign_budget("rog", opts, signed).iterations == 300 and opts.iterations == 100  # not mutated
+
+
+def test_sign_budget_reaches_the_engine():
+    case = Case({"seed": 2, "data": {"size": 16, "batch_size": 1}, "model": {"name": "lenet"},
+                 "obfuscation": ["sign"], "attack": "rog"})
+    view, update = case.server_view(), case.client_update()
+    seen = []
+
+    def stop(state):
+        seen.append(state["iterations"])
+        raise KeyboardInterrupt
+
+    assert attack("rog", view, update, callback=stop).info["interrupted"]
+    attack("rog", view, update, iterations=5, callback=stop)
+    assert seen == [300, 5]
