@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenet-val-sample"
 
 # the same settings the enhancer's training pairs use (one definition)
-from fedleak.enhance.data import OBFUSCATIONS as SETTINGS  # noqa: E402
+from fedleak.experiment.enhancer_pairs import OBFUSCATIONS as SETTINGS  # noqa: E402
 
 LABELS = {"none": "no obfuscation", "qsgd16": "QSGD-16", "qsgd4": "QSGD-4", "topk99": "top-k 99 %",
           "sign": "signSGD", "fedavg5": "FedAvg tau=5"}

@@ -5,7 +5,7 @@
 Reads a pair cache made by ``fedleak train-enhancer --pairs`` (``rog`` outputs on random crops of the
 scikit-image / scikit-learn photos), scores the classical enhancer for a grid of TV weights (or NLM ``h``)
 and prints mean PSNR / SSIM per value, overall and per obfuscation. The chosen default is written into
-``fedleak/enhance.py`` by hand (CLASSICAL_TV_WEIGHT / CLASSICAL_NLM_H).
+``fedleak/enhance/stage.py`` by hand (CLASSICAL_TV_WEIGHT / CLASSICAL_NLM_H).
 """
 from __future__ import annotations
 

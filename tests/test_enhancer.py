@@ -1,4 +1,4 @@
-"""The ROG enhancement stage (fedleak.enhance), its network (fedleak.enhancer_net) and its training."""
+"""The ROG enhancement stage (fedleak.enhance), its network (fedleak.enhance.net) and its training."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedleak.enhance import net as EN
+from fedleak.enhance import ENHANCERS, Enhancer
 from fedleak.enhance.stage import check_config, classical, enhance, latent
 from fedleak.errors import ConfigError, DataError
 
@@ -105,6 +106,68 @@ def test_bad_enhancer_options():
         check_config({"name": "classical", "weight": -1})
     with pytest.raises(ConfigError, match="not divisible"):
         enhance(torch.rand(1, 3, 30, 30), None, {"name": "classical"})
+
+
+def test_unknown_enhancer_lists_valid_names():
+    with pytest.raises(ConfigError) as e:
+        check_config("gan")
+    msg = str(e.value)
+    assert "\n" not in msg and "'gan'" in msg
+    assert all(n in msg for n in ENHANCERS.names()) and {"none", "classical", "learned"} <= set(ENHANCERS.names())
+
+
+def test_unknown_classical_option_lists_valid_options():
+    with pytest.raises(ConfigError) as e:
+        check_config({"name": "classical", "strength": 3})
+    msg = str(e.value)
+    assert "\n" not in msg and "'strength'" in msg
+    assert all(k in msg for k in ("method", "weight", "h", "scale"))
+    with pytest.raises(ConfigError, match="method"):
+        check_config({"name": "classical", "method": "bm3d"})
+    with pytest.raises(ConfigError, match="scale"):
+        check_config({"name": "classical", "scale": 4.0})
+    with pytest.raises(ConfigError, match="takes no options"):
+        check_config({"name": "none", "scale": 4})
+
+
+def test_check_config_returns_every_option():
+    for none in (None, "", "null", "none", "NONE", {"name": None}, {}):
+        assert check_config(none) == {"name": "none"}
+    assert check_config("classical") == {"name": "classical", "method": "tv", "weight": None, "h": None, "scale": 4}
+    assert check_config({"name": "classical", "method": "nlm", "h": 0}) == {
+        "name": "classical", "method": "nlm", "weight": None, "h": 0.0, "scale": 4}
+    if EN.default_weights_path().is_file():
+        assert check_config("learned") == {"name": "learned", "weights": None, "scale": 4}
+        with pytest.raises(ConfigError, match="trained for scale 4"):
+            check_config({"name": "learned", "scale": 2})
+    # the result is a valid section again (the runner writes it to config.yaml)
+    assert check_config(check_config({"name": "classical", "weight": 0.1})) == check_config({"name": "classical", "weight": 0.1})
+
+
+def test_registered_enhancer_is_reachable(monkeypatch):
+    """Adding an enhancer is one registration: check_config and enhance find it with no other edit."""
+    from pydantic import Field
+
+    import fedleak.enhance
+    from fedleak.options import Options
+
+    for attr in ("_items", "_docs", "_options", "_caps"):  # undo the registration after the test
+        monkeypatch.setattr(ENHANCERS, attr, dict(getattr(ENHANCERS, attr)))
+    checked = []
+
+    class GreyOptions(Options):
+        level: float = Field(0.5, ge=0, le=1)
+
+    ENHANCERS.register("grey", doc="flat grey", options=GreyOptions)(
+        Enhancer(run=lambda x, o: torch.full_like(x, o.level), check=checked.append))
+    assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25}
+    assert checked and checked[-1].level == 0.25
+    out = fedleak.enhance.enhance(torch.rand(2, 3, 8, 8), None, {"name": "grey", "level": 0.25})
+    assert out.shape == (2, 3, 8, 8) and torch.all(out == 0.25)
+    with pytest.raises(ConfigError, match="level"):
+        check_config({"name": "grey", "level": 2})
+    with pytest.raises(ConfigError, match="grey"):
+        check_config({"name": "nope"})  # listed among the valid names
 
 
 def test_shipped_weights_load_and_are_small():

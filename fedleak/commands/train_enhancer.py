@@ -38,10 +38,11 @@ def add_parser(sub):
 def main(args) -> int:
     import torch
 
-    from fedleak.enhance.data import DEFAULT_PAIR_PLAN, load_pairs, make_pairs
+    from fedleak.enhance.data import load_pairs
     from fedleak.enhance.net import DEFAULT_ARCH
     from fedleak.enhance.train import TrainConfig, train
     from fedleak.errors import ConfigError
+    from fedleak.experiment.enhancer_pairs import DEFAULT_PAIR_PLAN, make_pairs
 
     torch.set_num_threads(max(1, args.threads))
     if args.steps < 1:

@@ -1,13 +1,8 @@
 """The enhancement stage: server-side post-processing of a reconstruction (see :mod:`.stage`).
 
-Enhancers are chosen by name from :data:`ENHANCERS`; :func:`enhance` and :func:`check_config` take the
-``enhancer:`` config section.
+Enhancers are chosen by name from :data:`ENHANCERS` (each an :class:`Enhancer` with a typed options model);
+:func:`enhance` and :func:`check_config` take the ``enhancer:`` config section and dispatch through it.
 """
-from fedleak.enhance.stage import check_config, enhance  # noqa: F401
-from fedleak.registry import Registry
+from fedleak.enhance.stage import ENHANCERS, Enhancer, check_config, enhance  # noqa: F401
 
-ENHANCERS: Registry = Registry("enhancer")
-for _name, _doc in (("none", "no post-processing (default)"),
-                    ("classical", "weight-free: recover ROG's x4 latent, denoise (TV or NLM), upsample again"),
-                    ("learned", "ROG's learned post-processing network (denoise + x4 upsampling); weights: FILE")):
-    ENHANCERS.register(_name, doc=_doc)(enhance)
+__all__ = ["ENHANCERS", "Enhancer", "check_config", "enhance"]

@@ -1,134 +1,171 @@
-"""Server-side post-processing of a reconstruction (ROG's enhancement stage): ``enhance(images, view, cfg)``.
+"""Server-side post-processing of a reconstruction (ROG's enhancement stage): ``enhance(images, view, section)``.
 
 The stage sees only what the server has after the attack: the reconstructed images and the
-:class:`~fedleak.update.ServerView`. It never sees the client's images.
+:class:`~fedleak.server.view.ServerView`. It never sees the client's images.
 
-``enhancer:`` config section (``name`` plus options):
+Enhancers are chosen by name from :data:`ENHANCERS`; each entry is an :class:`Enhancer` registered with its
+typed options model. The ``enhancer:`` config section is a name or a mapping with ``name`` plus options:
 
 ==============  =====================================================================================
-``none``        no enhancement (default)
-``learned``     the learned network of :mod:`fedleak.enhancer_net` (denoise + x4 upsampling of ROG's
+``none``        no enhancement (default; also ``""`` and ``null``). No options.
+``learned``     the learned network of :mod:`fedleak.enhance.net` (denoise + x4 upsampling of ROG's
                 low-resolution estimate). ``weights: FILE`` (default: the weights shipped in
-                ``fedleak/enhance/assets/enhancer.safetensors``, trained with ``fedleak train-enhancer``).
+                ``fedleak/enhance/assets/enhancer.safetensors``, trained with ``fedleak train-enhancer``);
+                ``scale`` must match the weights.
 ``classical``   weight-free baseline: recover ROG's x4-downsampled latent (least-squares inverse of the
                 bicubic upsampling), denoise it (``method: tv`` -- total-variation, Chambolle, ``weight``;
                 or ``method: nlm`` -- non-local means, ``h``), upsample bicubically again.
 ==============  =====================================================================================
 
-Common option: ``scale`` (default 4, ROG's latent factor). See docs/enhancer.md.
+``scale`` (default 4) is ROG's latent factor. Adding an enhancer is one :meth:`Registry.register` call of an
+:class:`Enhancer`. See docs/enhancer.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
+from fedleak.enhance import net as EN
 from fedleak.errors import ConfigError
+from fedleak.options import NoOptions, Options
+from fedleak.registry import Registry
 
 #: classical defaults, tuned on attack outputs of TRAINING crops only (scripts/tune_classical.py)
 CLASSICAL_TV_WEIGHT = 0.04
 CLASSICAL_NLM_H = 0.06
 
-_OPTIONS = {
-    "none": set(),
-    "learned": {"weights", "scale"},
-    "classical": {"method", "weight", "h", "scale"},
-}
+#: names that mean "no enhancement"
+NONE_NAMES = ("", "null", "none")
 
 
-def check_config(cfg: Any) -> dict:
-    """Validate an ``enhancer:`` section (a name or a mapping); returns it as a dict. For ``learned`` the
-    weights file is loaded now, so a bad file fails before a long attack rather than after it."""
-    if cfg is None:
-        cfg = {"name": "none"}
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"enhancer must be a name or a mapping with a 'name', got {cfg!r}")
-    name = str(cfg.get("name", "none")).lower()
-    if name in ("", "null"):
-        name = "none"
-    if name not in _OPTIONS:
-        raise ConfigError(f"enhancer {cfg.get('name')!r} is unknown; valid: {', '.join(_OPTIONS)}")
-    bad = sorted(set(cfg) - {"name"} - _OPTIONS[name])
-    if bad:
-        raise ConfigError(f"enhancer {name!r}: unknown option(s) {bad}; valid: {sorted(_OPTIONS[name]) or 'none'}")
-    scale = cfg.get("scale", 4)
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
-        raise ConfigError(f"enhancer.scale must be a positive integer, got {scale!r}")
-    if name == "classical":
-        method = cfg.get("method", "tv")
-        if method not in ("tv", "nlm"):
-            raise ConfigError(f"enhancer.method {method!r}; valid: tv, nlm")
-        for k in ("weight", "h"):
-            v = cfg.get(k)
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
-                raise ConfigError(f"enhancer.{k} must be a number >= 0, got {v!r}")
-    if name == "learned":
-        w = cfg.get("weights")
-        if w is not None and not isinstance(w, (str, Path)):
-            raise ConfigError(f"enhancer.weights must be a file path, got {w!r}")
-        net, arch = _net(str(weights_path(cfg)))
-        if int(arch["scale"]) != scale:
-            raise ConfigError(f"enhancer.scale={scale} but the weights were trained for scale {arch['scale']}")
-    return {**cfg, "name": name}
+@dataclass(frozen=True)
+class Enhancer:
+    """One enhancement method.
+
+    ``run(images, options)`` gets CPU float images ``(B, 3, H, W)`` in [0, 1] and the validated options (an
+    instance of the model the entry was registered with); it returns images of the same shape.
+    ``check(options)``, if given, runs when the config is checked (before the attack), e.g. to load a file.
+    """
+
+    run: Callable[[torch.Tensor, Any], torch.Tensor]
+    check: Optional[Callable[[Any], None]] = None
 
 
-def weights_path(cfg: dict) -> Path:
-    from fedleak.enhance.net import default_weights_path
+ENHANCERS: Registry[Enhancer] = Registry("enhancer")
 
-    w = cfg.get("weights")
-    return Path(w).expanduser() if w else default_weights_path()
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def _resolve(section: Any) -> tuple[str, Enhancer, Options]:
+    """Name, entry and validated options of an ``enhancer:`` section (its check hook has run)."""
+    if section is None:
+        section = {"name": "none"}
+    if isinstance(section, str):
+        section = {"name": section}
+    if not isinstance(section, dict):
+        raise ConfigError(f"enhancer must be a name or a mapping with a 'name', got {section!r}")
+    raw = dict(section)
+    name = raw.pop("name", "none")
+    name = "none" if name is None or str(name).lower() in NONE_NAMES else str(name)
+    key = ENHANCERS.resolve(name)
+    model = ENHANCERS.options_model(key)
+    if raw and model is not None and not model.model_fields:
+        raise ConfigError(f"enhancer {key!r} takes no options, got {sorted(raw)}")
+    opts = ENHANCERS.options(key, raw)
+    entry = ENHANCERS.get(key)
+    if entry.check is not None:
+        entry.check(opts)
+    return key, entry, opts
+
+
+def check_config(section: Any) -> dict:
+    """Validate an ``enhancer:`` section (a name or a mapping with ``name``); returns ``{name, **options}`` with
+    every option filled in. For ``learned`` the weights file is loaded now, so a bad file fails before a long
+    attack rather than after it."""
+    key, _, opts = _resolve(section)
+    return {"name": key, **opts.to_dict()}
+
+
+def enhance(images: torch.Tensor, view: Any = None, section: Any = None) -> torch.Tensor:
+    """Enhance reconstructed images ``(B, 3, H, W)`` in [0, 1]; returns a tensor of the same shape.
+
+    ``view`` (the server view) is used only for consistency checks; ``section`` is the ``enhancer:`` section.
+    """
+    _, entry, opts = _resolve(section)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ConfigError(f"enhancer expects RGB images (B, 3, H, W), got {shape}")
+    if view is not None and view.image_size not in (None, images.shape[-1]):
+        raise ConfigError(f"enhancer: images are {images.shape[-1]} px wide but the server view says "
+                          f"{view.image_size}")
+    return entry.run(images.detach().float().clamp(0, 1).cpu(), opts)
+
+
+def _check_divisible(x: torch.Tensor, scale: int) -> None:
+    if x.shape[-1] % scale or x.shape[-2] % scale:
+        raise ConfigError(f"enhancer: image size {x.shape[-2]}x{x.shape[-1]} is not divisible by scale {scale}")
+
+
+# ---------------------------------------------------------------------------------------------- none
+ENHANCERS.register("none", doc="no post-processing (default)", options=NoOptions)(
+    Enhancer(run=lambda x, opts: x.clone()))
+
+
+# ---------------------------------------------------------------------------------------------- learned
+class LearnedOptions(Options):
+    weights: Optional[str] = Field(None, description="weights file (default: the shipped weights)")
+    scale: int = Field(4, ge=1, strict=True, description="ROG's latent factor; must match the weights")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _path(cls, v):
+        if v is not None and not isinstance(v, (str, Path)):
+            raise ValueError("must be a file path")
+        return None if v is None else str(v)
+
+
+def weights_path(opts: LearnedOptions) -> Path:
+    """The weights file of a ``learned`` section: ``weights`` or the shipped default."""
+    return Path(opts.weights).expanduser() if opts.weights else EN.default_weights_path()
 
 
 @lru_cache(maxsize=4)
 def _net_cached(path: str, mtime: float, size: int):
-    from fedleak.enhance.net import load
-
-    return load(path)
+    return EN.load(path)
 
 
-def _net(path: str):
-    p = Path(path)
-    if not p.is_file():
-        from fedleak.enhance.net import load
-
-        load(p)  # raises the one-line "not found" error
-    st = p.stat()
-    return _net_cached(str(p.resolve()), st.st_mtime, st.st_size)
+def _net(path: Path):
+    if not path.is_file():
+        EN.load(path)  # raises the one-line "not found" error
+    st = path.stat()
+    return _net_cached(str(path.resolve()), st.st_mtime, st.st_size)
 
 
-def enhance(images: torch.Tensor, view: Any = None, cfg: Any = None) -> torch.Tensor:
-    """Enhance reconstructed images ``(B, 3, H, W)`` in [0, 1]; returns a tensor of the same shape.
+def _check_learned(opts: LearnedOptions) -> None:
+    _, arch = _net(weights_path(opts))
+    if int(arch["scale"]) != opts.scale:
+        raise ConfigError(f"enhancer.scale={opts.scale} but the weights were trained for scale {arch['scale']}")
 
-    ``view`` (the server view) is used only for consistency checks; ``cfg`` is the ``enhancer:`` section.
-    """
-    cfg = check_config(cfg)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ConfigError(f"enhancer expects RGB images (B, 3, H, W), got {shape}")
-    if view is not None and getattr(view, "image_size", None) not in (None, images.shape[-1]):
-        raise ConfigError(f"enhancer: images are {images.shape[-1]} px wide but the server view says "
-                          f"{view.image_size}")
-    x = images.detach().float().clamp(0, 1).cpu()
-    name = cfg["name"]
-    if name == "none":
-        return x.clone()
-    scale = int(cfg.get("scale", 4))
-    if x.shape[-1] % scale or x.shape[-2] % scale:
-        raise ConfigError(f"enhancer: image size {x.shape[-2]}x{x.shape[-1]} is not divisible by scale {scale}")
-    if name == "classical":
-        return classical(x, scale, cfg.get("method", "tv"), cfg.get("weight"), cfg.get("h"))
-    net, _ = _net(str(weights_path(cfg)))
+
+def _run_learned(x: torch.Tensor, opts: LearnedOptions) -> torch.Tensor:
+    _check_divisible(x, opts.scale)
+    net, _ = _net(weights_path(opts))
     with torch.no_grad():
         return torch.cat([net.enhance(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
 
 
-# ---------------------------------------------------------------------------------------------- latent
+ENHANCERS.register("learned", options=LearnedOptions,
+                   doc="ROG's learned post-processing network (denoise + x4 upsampling); weights: FILE")(
+    Enhancer(run=_run_learned, check=_check_learned))
+
+
+# ---------------------------------------------------------------------------------------------- classical
 @lru_cache(maxsize=16)
 def _upsample_matrix(n: int, scale: int) -> torch.Tensor:
     """(n*scale, n) matrix U with ``F.interpolate(z, bicubic, align_corners=False)`` = U z U^T per channel."""
@@ -153,6 +190,7 @@ def upsample(z: torch.Tensor, scale: int = 4) -> torch.Tensor:
 
 def classical(x: torch.Tensor, scale: int = 4, method: str = "tv", weight: Optional[float] = None,
               h: Optional[float] = None) -> torch.Tensor:
+    """Latent of ``x``, denoised per image (TV with ``weight`` or NLM with ``h``; 0 = off), upsampled again."""
     from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
     z = latent(x, scale).clamp(0, 1).numpy()
@@ -167,3 +205,20 @@ def classical(x: torch.Tensor, scale: int = 4, method: str = "tv", weight: Optio
             d = denoise_nl_means(img, h=hh, patch_size=3, patch_distance=4, channel_axis=-1) if hh > 0 else img
         out[i] = d.transpose(2, 0, 1)
     return upsample(torch.from_numpy(out).float(), scale)
+
+
+class ClassicalOptions(Options):
+    method: Literal["tv", "nlm"] = "tv"
+    weight: Optional[float] = Field(None, ge=0, strict=True, description=f"TV weight (default {CLASSICAL_TV_WEIGHT})")
+    h: Optional[float] = Field(None, ge=0, strict=True, description=f"NLM h (default {CLASSICAL_NLM_H})")
+    scale: int = Field(4, ge=1, strict=True, description="ROG's latent factor")
+
+
+def _run_classical(x: torch.Tensor, opts: ClassicalOptions) -> torch.Tensor:
+    _check_divisible(x, opts.scale)
+    return classical(x, opts.scale, opts.method, opts.weight, opts.h)
+
+
+ENHANCERS.register("classical", options=ClassicalOptions,
+                   doc="weight-free: recover ROG's x4 latent, denoise (TV or NLM), upsample again")(
+    Enhancer(run=_run_classical))

@@ -2,7 +2,7 @@
 
 Training pairs (degraded input, clean target) come from two sources, mixed in every batch:
 
-* **real attack outputs** (``--pairs CACHE``, made by :func:`fedleak.enhancer_data.make_pairs`): the ``rog``
+* **real attack outputs** (``--pairs CACHE``, made by :func:`fedleak.experiment.enhancer_pairs.make_pairs`): the ``rog``
   attack itself run on random crops of the training photos under none / QSGD-16 / QSGD-4 / top-k 99 % /
   signSGD / FedAvg. 3 of every 4 crops are trained on, every 4th is held out for validation.
 * **synthetic pairs** from a degradation model fitted to those real outputs (:class:`Degradation`): a clean
@@ -17,7 +17,6 @@ learning-rate schedule. Deterministic for a seed (single thread).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import subprocess
 import time
@@ -116,6 +115,13 @@ class Degradation:
         return d
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB (peak 255) of images in [0, 1], in float64 -- the same number as
+    :func:`fedleak.metrics.scores.psnr` (which this layer may not import)."""
+    a, b = a.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
+    return 10 * torch.log10(255.0**2 / ((a * 255 - b * 255) ** 2).flatten(1).mean(1))
+
+
 def fit_degradation(pairs: dict, scale: int = 4, base: Optional[Degradation] = None,
                     min_psnr: float = 15.0) -> tuple[Degradation, dict]:
     """Fit :class:`Degradation` to real (attack output, clean crop) pairs of TRAINING images: the noise power
@@ -127,8 +133,6 @@ def fit_degradation(pairs: dict, scale: int = 4, base: Optional[Degradation] = N
     d = Degradation(**{k: v for k, v in asdict(base or Degradation()).items()})
     if not len(pairs["inputs"]):
         return d, {}
-    from fedleak.metrics.scores import psnr
-
     ok = psnr(pairs["targets"].float(), pairs["inputs"].float().clamp(0, 1)) >= min_psnr
     if not bool(ok.any()):
         return d, {}
@@ -251,19 +255,25 @@ def patch_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.log(mse + 1e-5) + 0.5 * torch.log(l1 + 1e-3)).mean()
 
 
-def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = None, pairs_path: Optional[str] = None,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train an enhancer and save it to ``out`` (+ sidecar). Returns the sidecar info."""
+@dataclass
+class _Data:
+    """Everything a training run draws its batches from."""
+
+    names: list[str]  # training photo file names
+    pool: torch.Tensor  # clean crops for synthetic pairs, uint8 (N, 3, size, size)
+    real_tr: dict  # real attack pairs used for training
+    real_val: dict  # held-out real attack pairs
+    bank: torch.Tensor  # residual bank of real_tr
+    degradation: Degradation
+    fit_stats: dict
+
+
+def _prepare(data: str, cfg: TrainConfig, pairs: Optional[dict], rng: np.random.Generator,
+             log: Callable[[str], None]) -> _Data:
+    """Photos -> clean crop pool; real pairs -> train/validation split, residual bank, fitted degradation."""
     from fedleak.enhance.data import crops_tensor, load_photos
 
-    if cfg.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {cfg.steps}")
-    t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 12345])
     scale = int(cfg.arch["scale"])
-    grid = scale
     photos, names = load_photos(data)
     log(f"{len(photos)} training photos from {data!r}; generating {cfg.pool} clean crops")
     pool = (crops_tensor(photos, cfg.pool, cfg.size, rng) * 255 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -277,13 +287,35 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
         degradation, fit_stats = fit_degradation(real_tr, scale, cfg.degradation)
         log(f"degradation fitted on {n_real} training attack outputs: {fit_stats}")
     log(f"real attack pairs: {n_real} train, {len(real_val['inputs'])} validation; residual bank {len(bank)}")
-    net = EN.build(cfg.arch)
-    net.train()
+    return _Data(names, pool, real_tr, real_val, bank, degradation, fit_stats)
+
+
+def _draw_batch(d: _Data, cfg: TrainConfig, n_r: int, n_s: int, gen: torch.Generator):
+    """One training batch: ``n_r`` patches of real attack pairs, then ``n_s`` of freshly degraded clean crops."""
+    scale = int(cfg.arch["scale"])
+    xs, ys = [], []
+    if n_r:
+        idx = torch.randint(len(d.real_tr["inputs"]), (n_r,), generator=gen)
+        a, b = _patches(d.real_tr["inputs"], d.real_tr["targets"], idx, cfg.patch, gen, scale)
+        xs.append(a)
+        ys.append(b)
+    if n_s:
+        idx = torch.randint(len(d.pool), (n_s,), generator=gen)
+        clean = d.pool[idx].float() / 255
+        deg = d.degradation.apply(clean, gen, d.bank, scale)
+        a, b = _patches(deg, clean, torch.arange(n_s), cfg.patch, gen, scale)
+        xs.append(a)
+        ys.append(b)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: bool) -> list[float]:
+    """``cfg.steps`` Adam steps (cosine learning-rate schedule, gradient clipping); returns the loss per step."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     T = cfg.steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: (cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(t, T) / T))) / cfg.lr)
-    n_r = int(round(cfg.batch * cfg.real_fraction)) if n_real else 0
+    n_r = int(round(cfg.batch * cfg.real_fraction)) if len(d.real_tr["inputs"]) else 0
     n_s = cfg.batch - n_r
     losses: list[float] = []
     bar = None
@@ -292,22 +324,8 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
 
         bar = tqdm(total=T, desc="train-enhancer", unit="step")
     for step in range(T):
-        xs, ys = [], []
-        if n_r:
-            idx = torch.randint(n_real, (n_r,), generator=gen)
-            a, b = _patches(real_tr["inputs"], real_tr["targets"], idx, cfg.patch, gen, grid)
-            xs.append(a)
-            ys.append(b)
-        if n_s:
-            idx = torch.randint(len(pool), (n_s,), generator=gen)
-            clean = pool[idx].float() / 255
-            deg = degradation.apply(clean, gen, bank, scale)
-            a, b = _patches(deg, clean, torch.arange(n_s), cfg.patch, gen, grid)
-            xs.append(a)
-            ys.append(b)
-        x, y = torch.cat(xs), torch.cat(ys)
-        pred = net(x)
-        loss = patch_loss(pred, y)
+        x, y = _draw_batch(d, cfg, n_r, n_s, gen)
+        loss = patch_loss(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -323,33 +341,54 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     if bar is not None:
         bar.close()
-    net.eval()
-    seconds = time.perf_counter() - t_start
-    val = validate(net, real_val)
+    return losses
+
+
+def _sidecar(data: str, cfg: TrainConfig, d: _Data, pairs: Optional[dict], pairs_path: Optional[str],
+             losses: list[float], val: dict, seconds: float) -> dict:
+    """What the weights' JSON sidecar records about the run."""
     tail = losses[-min(50, len(losses)):]
-    info = {
+    return {
         "data": data,
-        "photos": names,
+        "photos": d.names,
         "pairs": None if pairs is None else {
             "file": pairs_path, "sha256": _sha256(Path(pairs_path)) if pairs_path and Path(pairs_path).is_file() else None,
-            "train": n_real, "validation": len(real_val["inputs"]),
+            "train": len(d.real_tr["inputs"]), "validation": len(d.real_val["inputs"]),
             "obfuscations": sorted({b["obf"] for b in pairs["batches"]})},
         "seed": cfg.seed,
         "git_commit": git_commit(),
-        "steps": T,
+        "steps": cfg.steps,
         "final_loss": float(np.mean(tail)),
         "first_loss": float(np.mean(losses[:min(50, len(losses))])),
         "loss": "mean over patches of log(MSE) + 0.5 log(L1)",
         "train_config": {k: getattr(cfg, k) for k in ("steps", "batch", "patch", "lr", "final_lr", "real_fraction",
                                                        "pool", "size", "seed", "fit")},
-        "degradation": degradation.summary(),
-        "degradation_fit": fit_stats,
+        "degradation": d.degradation.summary(),
+        "degradation_fit": d.fit_stats,
         "validation": val,
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = None, pairs_path: Optional[str] = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train an enhancer and save it to ``out`` (+ sidecar). Returns the sidecar info plus ``losses``."""
+    if cfg.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {cfg.steps}")
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 12345])
+    d = _prepare(data, cfg, pairs, rng, log)
+    net = EN.build(cfg.arch)
+    net.train()
+    losses = _optimise(net, d, cfg, gen, progress)
+    net.eval()
+    seconds = time.perf_counter() - t_start
+    info = _sidecar(data, cfg, d, pairs, pairs_path, losses, validate(net, d.real_val), seconds)
     EN.save(net, cfg.arch, out, info)
     info["losses"] = losses
     return info
@@ -357,8 +396,6 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
 
 def validate(net, pairs: dict) -> dict:
     """Raw vs enhanced PSNR on held-out real attack pairs of training crops, per obfuscation."""
-    from fedleak.metrics.scores import psnr
-
     if not len(pairs["inputs"]):
         return {}
     with torch.no_grad():
