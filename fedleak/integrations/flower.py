@@ -258,24 +258,11 @@ class AuditStrategy(Strategy):
 
     # ------------------------------------------------------------------ sampling
     def _round_selected(self, r: int) -> bool:
-        sel = self.rounds
-        if sel is None:
-            return True
-        if callable(sel):
-            return bool(sel(r))
-        if isinstance(sel, int) and not isinstance(sel, bool):
-            return r == sel
-        return r in set(sel)
+        return round_selected(self.rounds, r)
 
     def _pick(self, server_round: int, results: list) -> list:
         keyed = sorted(results, key=lambda pr: self._client_id(pr[0], pr[1]))
-        k = self.clients
-        if k is None:
-            return keyed
-        n = max(1, math.ceil(k * len(keyed))) if isinstance(k, float) else min(int(k), len(keyed))
-        rng = random.Random(self.seed * 1_000_003 + server_round)
-        chosen = set(rng.sample(range(len(keyed)), n))
-        return [pr for i, pr in enumerate(keyed) if i in chosen]
+        return pick_clients(keyed, self.clients, self.seed * 1_000_003 + server_round)
 
     @staticmethod
     def _client_id(proxy: ClientProxy, res: FitRes) -> str:
@@ -291,16 +278,7 @@ class AuditStrategy(Strategy):
         return build_model(self.model_name, **self.model_kwargs)
 
     def _names(self, count: int) -> list[str]:
-        if self.param_names is not None:
-            if len(self.param_names) != count:
-                raise ConfigError(f"param_names has {len(self.param_names)} names for {count} arrays")
-            return self.param_names
-        if count == len(self._state_names):
-            return self._state_names
-        if count == len(self._param_names):
-            return self._param_names
-        raise ConfigError(f"{count} arrays, but the model has {len(self._state_names)} state_dict entries and "
-                          f"{len(self._param_names)} parameters; pass param_names=")
+        return array_names(count, self.param_names, self._state_names, self._param_names)
 
     def _audit_round(self, server_round: int, results: list) -> None:
         for proxy, res in self._pick(server_round, results):
@@ -380,6 +358,42 @@ class AuditStrategy(Strategy):
         write_json(self.out / "audit.json", jsonable({"attack": self.attack_config,
                                                       "model": {"name": self.model_name, **self.model_kwargs},
                                                       "image_size": self.image_size, "records": self.records}))
+
+
+def round_selected(sel: Selector, r: int) -> bool:
+    """Whether round ``r`` is audited under the ``rounds`` selector (see :class:`AuditStrategy`)."""
+    if sel is None:
+        return True
+    if callable(sel):
+        return bool(sel(r))
+    if isinstance(sel, int) and not isinstance(sel, bool):
+        return r == sel
+    return r in set(sel)
+
+
+def pick_clients(keyed: list, k: Union[None, int, float], rng_seed: int) -> list:
+    """The audited results of a round: all (``k`` None), ``k`` of them or the fraction ``k`` (at least one),
+    drawn reproducibly with ``rng_seed`` from ``keyed`` (sorted by client id)."""
+    if k is None:
+        return keyed
+    n = max(1, math.ceil(k * len(keyed))) if isinstance(k, float) else min(int(k), len(keyed))
+    chosen = set(random.Random(rng_seed).sample(range(len(keyed)), n))
+    return [pr for i, pr in enumerate(keyed) if i in chosen]
+
+
+def array_names(count: int, given: Optional[list[str]], state_names: list[str], param_names: list[str]) -> list[str]:
+    """The parameter names of ``count`` Flower ndarrays: ``given``, else the model's state_dict or
+    named_parameters keys, whichever count matches."""
+    if given is not None:
+        if len(given) != count:
+            raise ConfigError(f"param_names has {len(given)} names for {count} arrays")
+        return given
+    if count == len(state_names):
+        return state_names
+    if count == len(param_names):
+        return param_names
+    raise ConfigError(f"{count} arrays, but the model has {len(state_names)} state_dict entries and "
+                      f"{len(param_names)} parameters; pass param_names=")
 
 
 def _skip_reason(num_examples: int, max_batch: int) -> Optional[str]:
