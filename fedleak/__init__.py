@@ -6,7 +6,7 @@
 >>> rec = fedleak.attack("rog", case.server_view(), update)  # the server's reconstruction
 >>> fedleak.evaluate(case.images, rec)["mean"]              # judged against the truth, afterwards
 
-``fedleak.run(config)`` does all of it and writes a run folder (see :mod:`fedleak.runner`).
+``fedleak.run(config)`` does all of it and writes a run folder (see :mod:`fedleak.experiment.runner`).
 Heavy modules (torch models, attacks, metrics, plotting) are imported on first use.
 """
 from __future__ import annotations
@@ -14,14 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-try:
-    from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError, version as _version
 
-    try:
-        __version__ = _version("fedleak")
-    except PackageNotFoundError:  # running from a source tree without installation
-        __version__ = "0.1.0"
-except ImportError:  # pragma: no cover
+try:
+    __version__ = _version("fedleak")
+except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
 # public name -> (module, attribute)

@@ -15,12 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedleak", description="Audit federated learning privacy by attacking it.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith(__package__ + ".commands"):
-                continue
-            raise
+        mod = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
         p = mod.add_parser(sub)
         p.set_defaults(_main=mod.main)
     return parser

@@ -1,9 +1,11 @@
-"""Atomic result files and run folders."""
+"""The generic I/O layer of every stage: atomic result files, JSON-safe values, safe torch loading, and the
+run folders' COMPLETE manifests."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -54,6 +56,32 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def jsonable(o: Any, depth: int = 0) -> Any:
+    """``o`` as plain JSON values: non-finite floats become their ``repr``, small tensors lists (larger ones a
+    ``tensor(shape)`` note), numpy scalars numbers, paths strings, anything else (or nested deeper than 8)
+    its ``repr``. Pure: ``o`` is not modified."""
+    import numpy as np
+    import torch
+
+    if depth > 8:
+        return repr(o)
+    if o is None or isinstance(o, (bool, int, str)):
+        return o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else repr(o)
+    if isinstance(o, torch.Tensor):
+        return jsonable(o.tolist(), depth + 1) if o.numel() <= 64 else f"tensor{tuple(o.shape)}"
+    if isinstance(o, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v, depth + 1) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return jsonable(o.item(), depth + 1)
+    return repr(o)
 
 
 def _fsync(path: Path) -> None:

@@ -103,3 +103,13 @@ def test_attack_result_depends_on_the_update():
     ra = fedleak.attack(name, a.server_view(), a.client_update(), seed=1, **opts)
     rb = fedleak.attack(name, b.server_view(), b.client_update(), seed=1, **opts)
     assert not torch.equal(ra.images, rb.images)
+
+
+def test_list_shows_every_registry(capsys):
+    from fedleak import cli
+
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for heading, name in (("attacks:", "rog"), ("server scenarios:", "malicious-imprint"),
+                          ("enhancers:", "classical"), ("models:", "lenet")):
+        assert heading in out and name in out

@@ -263,7 +263,7 @@ def test_refuses_evaluation_folder(tmp_path):
 # ------------------------------------------------------------------------------------------ pipeline
 def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, base_config):
     """At attack time the stage gets rec.images and the server view -- nothing derived from the true images."""
-    import fedleak.enhance.stage as E
+    import fedleak.enhance as E  # the runner calls the package's public enhance()
     from fedleak.experiment.runner import run
     from fedleak.server.view import ServerView
 

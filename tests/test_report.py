@@ -212,3 +212,16 @@ def test_chromium_renders_the_reports(run_dir, sweep_dir, tmp_path):
         assert im.size == (1000, 1400)
         lo, hi = im.convert("L").getextrema()
         assert hi - lo > 100  # text and images drawn, not an empty page
+
+
+def test_originals_reload_with_the_runs_loader_and_defaults():
+    """The page reloads the originals with the run's data loader: a config without data.size means 64 px."""
+    from fedleak.config.schema import DataConfig
+    from fedleak.experiment.data import load_data
+    from fedleak.report.html import _load_originals
+
+    got = _load_originals({"data": {"batch_size": 1, "start": 2}}, 1)
+    assert got.images.shape[-1] == DataConfig().size == 64
+    assert torch.equal(got.images, load_data(DataConfig(batch_size=1, start=2)).images)
+    with pytest.raises(FedleakError, match="data"):
+        _load_originals({"data": {"sise": 3}}, 1)

@@ -1,9 +1,7 @@
 """End-to-end tests of ``fedleak run`` (CLI and Python API) on tiny configs."""
-import importlib.machinery
 import json
 import re
 import sys
-import types
 
 import pytest
 import torch
@@ -14,12 +12,14 @@ from fedleak import cli
 from fedleak.experiment import runner
 from fedleak.attacks import ATTACKS, Reconstruction
 from fedleak.config.schema import load_config
+from fedleak.options import Capabilities
 
 FAKE = "test-fake-run"
 
 if FAKE not in ATTACKS:
 
-    @ATTACKS.register(FAKE, doc="test attack: seeded noise images, optional simulated Ctrl-C")
+    @ATTACKS.register(FAKE, doc="test attack: seeded noise images, optional simulated Ctrl-C",
+                      caps=Capabilities(seeds=True))
     def _fake(view, update, callback=None, iterations=4, seed=0, interrupt_at=None):
         g = torch.Generator().manual_seed(seed)
         best = torch.rand(view.batch_size, *view.image_shape, generator=g)
@@ -189,39 +189,63 @@ def test_python_api_run(tmp_path):
     assert blob["series_psnr"].shape == (2, 2)
 
 
-def test_enhancer_unavailable_is_config_error(tmp_path, capsys):
-    if importlib.util.find_spec("fedleak.enhance") is not None:
-        pytest.skip("fedleak.enhance exists")
+def test_unknown_enhancer_is_config_error(tmp_path, capsys):
     cfg = _config(tmp_path, enhancer={"name": "denoise"})
     assert cli.main(["run", str(cfg), "--out", str(tmp_path / "x")]) == 2
-    assert "enhancement isn't available" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "enhancer" in err and "denoise" in err and "\n" not in err
     assert not (tmp_path / "x").exists()  # rejected before any work
 
 
-def test_enhancer_hook_reports_raw_and_enhanced(tmp_path, monkeypatch):
-    calls = {}
-
-    def enhance(images, view, cfg):
-        calls["cfg"] = cfg
-        calls["view"] = view
-        return images * 0 + 0.5  # flat grey
-
+def test_enhancer_stage_reports_raw_and_enhanced(tmp_path, monkeypatch):
     import fedleak.enhance
 
-    mod = types.ModuleType("fedleak.enhance.stage")
-    mod.enhance = enhance
-    monkeypatch.setitem(sys.modules, "fedleak.enhance.stage", mod)
-    monkeypatch.setattr(fedleak.enhance, "stage", mod, raising=False)
-    cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "grey", "strength": 1})
+    real, calls = fedleak.enhance.enhance, {}
+
+    def spy(images, view, section):
+        calls.update(view=view, section=section)
+        return real(images, view, section)
+
+    monkeypatch.setattr(fedleak.enhance, "enhance", spy)
+    cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "Classical", "weight": 0.1})
     out = tmp_path / "enh"
     assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
     m = _strict_json(out / "metrics.json")
     assert "raw" in m and "enhanced" in m
     assert m["enhanced"]["per_image"]["psnr"] != m["raw"]["per_image"]["psnr"]
     assert "enhanced_psnr" in m["summary"]
-    assert calls["cfg"] == {"name": "grey", "strength": 1}
+    assert calls["section"] == {"name": "classical", "method": "tv", "weight": 0.1, "h": None, "scale": 4}  # validated once, at the config edge, defaults filled in
     assert not hasattr(calls["view"], "images")  # the enhancer gets the server view, not the case
     assert torch.load(out / "reconstruction.pt", weights_only=True)["enhanced"].shape == (1, 3, 16, 16)
+
+
+def test_attack_seed_follows_declared_capability(tmp_path):
+    """The run seed becomes the attack seed only for attacks that declare ``seeds``; the managed checkpoint
+    only for attacks that declare ``checkpoints``."""
+    from conftest import GREY_ATTACK
+
+    seeded = load_config(base={"seed": 7, "attack": {"name": FAKE}})
+    assert seeded.sections.attack == {"name": FAKE, "seed": 7} and seeded.to_dict()["attack"] == {"name": FAKE}
+    assert load_config(base={"seed": 7, "attack": {"name": FAKE, "seed": 1}}).sections.attack["seed"] == 1
+    assert "seed" not in load_config(base={"seed": 7, "attack": {"name": GREY_ATTACK}}).sections.attack
+    cfg = load_config(base={"seed": 7})
+    cfg.seed = 9  # the resolved sections follow an assignment
+    assert cfg.sections.attack == {"name": "rog", "seed": 9}
+    run_dir, _ = fedleak.run({"seed": 3, "threads": 1, "data": {"size": 16, "batch_size": 1},
+                              "attack": {"name": GREY_ATTACK}}, out=tmp_path / "grey", progress=False)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["attack"] == {"name": GREY_ATTACK}
+    assert "resuming" not in (run_dir / "run.log").read_text() and not (run_dir / "checkpoint.pt").exists()
+
+
+def test_check_reuses_the_prepare_stage(tmp_path):
+    cfg, attack_opts, _ = runner.check({"seed": 4, "attack": {"name": FAKE, "iterations": 2}})
+    assert attack_opts == {"name": FAKE, "iterations": 2, "seed": 4} == cfg.sections.attack
+    with pytest.raises(fedleak.ConfigError, match="metrics: psnr_cap"):
+        runner.check({"metrics": {"psnr_cap": -1}})
+    with pytest.raises(fedleak.ConfigError, match="metrics: match"):
+        runner.check({"metrics": {"match": "yes"}})
+    assert load_config(base={"metrics": {"psnr_cap": None}}).sections.metrics.evaluate_kwargs() == {
+        "psnr_cap": None, "match_order": True}
 
 
 @pytest.mark.skipif(REAL is None, reason="real attacks not available")

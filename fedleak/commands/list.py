@@ -1,23 +1,21 @@
-"""``fedleak list``: every registered model, protocol, obfuscation and attack."""
+"""``fedleak list``: every registered model, protocol, obfuscation, attack, server scenario and enhancer."""
 from __future__ import annotations
 
 
 def add_parser(sub):
-    return sub.add_parser("list", help="list registered models, protocols, obfuscations and attacks")
+    return sub.add_parser("list", help="list registered models, protocols, obfuscations, attacks, server "
+                                       "scenarios and enhancers")
 
 
 def registries() -> dict:
+    from fedleak.attacks import ATTACKS
     from fedleak.client.models import MODELS
     from fedleak.client.obfuscations import OBFUSCATIONS
+    from fedleak.enhance import ENHANCERS
+    from fedleak.server.scenarios import SCENARIOS
 
-    regs = {"model": MODELS, "obfuscation": OBFUSCATIONS}
-    try:
-        from fedleak.attacks import ATTACKS
-
-        regs["attack"] = ATTACKS
-    except ImportError:
-        pass
-    return regs
+    return {"model": MODELS, "obfuscation": OBFUSCATIONS, "attack": ATTACKS, "server scenario": SCENARIOS,
+            "enhancer": ENHANCERS}
 
 
 def main(args) -> int:

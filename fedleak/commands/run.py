@@ -42,7 +42,7 @@ def main(args) -> int:
     from fedleak.experiment.runner import check, run, summary_lines
 
     overrides = list(args.overrides)
-    if getattr(args, "enhancer", None):
+    if args.enhancer:
         import json
 
         overrides.append("enhancer=" + json.dumps({"name": "learned", "weights": str(args.enhancer)}))

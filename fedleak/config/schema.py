@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fedleak.errors import ConfigError
+from fedleak.metrics.options import MetricOptions, metric_options
 
 
 class _Strict(BaseModel):
@@ -55,6 +57,31 @@ class OutputConfig(_Strict):
     dir: str = "experiments"
     name: Optional[str] = None
     save_update: bool = False
+
+
+@dataclass(frozen=True)
+class Sections:
+    """The named sections of a config, each validated once by its stage's public entry point
+    (:func:`resolve_sections`); the stages use these and never validate them again."""
+
+    #: the attack section as run: the user's options, plus the run seed when the attack declares ``seeds``
+    #: and the section gives none (a plain mapping: it is written to the run folder's config.yaml)
+    attack: dict[str, Any]
+    #: what :func:`fedleak.attacks.check_attack_config` returned for :attr:`attack`
+    attack_options: Any
+    #: :func:`fedleak.enhance.check_config`'s normalised ``enhancer:`` section
+    enhancer: dict[str, Any]
+    #: what :func:`fedleak.server.scenarios.check_server_config` returned for the ``server:`` section
+    server: Any
+    metrics: MetricOptions
+
+    @property
+    def enhancer_enabled(self) -> bool:
+        return self.enhancer["name"] != "none"
+
+
+#: fields whose assignment invalidates the resolved :class:`Sections` (the attack seed follows ``seed``)
+_SECTION_FIELDS = {"seed", "attack", "enhancer", "server", "metrics"}
 
 
 class RunConfig(_Strict):
@@ -112,8 +139,27 @@ class RunConfig(_Strict):
             )
         return self
 
+    _sections: Optional[Sections] = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SECTION_FIELDS:
+            super().__setattr__("_sections", None)
+
+    @property
+    def sections(self) -> Sections:
+        """The validated named sections (resolved by :func:`validate`, or on first use)."""
+        if self._sections is None:
+            self._sections = resolve_sections(self)
+        return self._sections
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    def resolved_dict(self) -> dict:
+        """:meth:`to_dict` with the attack section as run (seed filled in): what a run folder's config.yaml
+        holds, so that ``--resume`` re-reads exactly the run."""
+        return {**self.to_dict(), "attack": dict(self.sections.attack)}
 
 
 def parse_pipeline(text: str) -> list[dict]:
@@ -277,7 +323,26 @@ def validate(raw: dict) -> RunConfig:
         raise ConfigError(f"config: {e}") from None
     _check_finite(cfg.to_dict(), "")
     _check_names(cfg)
+    cfg.sections  # noqa: B018 - resolve (validate) the named sections now, before any work
     return cfg
+
+
+def resolve_sections(cfg: RunConfig) -> Sections:
+    """Validate the ``server``, ``attack``, ``metrics`` and ``enhancer`` sections, once each, through their
+    stage's public entry point; fill in the attack seed from the run seed when the attack declares ``seeds``."""
+    from fedleak.attacks import ATTACKS, check_attack_config
+    from fedleak.enhance import check_config as check_enhancer
+    from fedleak.server.scenarios import check_server_config
+
+    server = check_server_config(cfg.server)
+    attack = dict(cfg.attack)
+    if "seed" not in attack and ATTACKS.caps(attack["name"]).seeds:
+        attack["seed"] = cfg.seed
+    attack_options = check_attack_config(attack)
+    metrics = metric_options(cfg.metrics)
+    enhancer = check_enhancer(cfg.enhancer)
+    return Sections(attack=attack, attack_options=attack_options, enhancer=enhancer, server=server,
+                    metrics=metrics)
 
 
 def _check_finite(node: Any, where: str) -> None:
@@ -301,12 +366,6 @@ def _check_names(cfg: RunConfig) -> None:
     if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
     build_pipeline(cfg.obfuscation)
-    from fedleak.server.scenarios import check_server_config
-
-    check_server_config(cfg.server)
-    from fedleak.attacks import check_attack_config
-
-    check_attack_config(cfg.attack)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:

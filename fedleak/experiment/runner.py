@@ -29,11 +29,11 @@ evaluation. The attack receives ``case.server_view()`` and the update, nothing e
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
-import math
+import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,16 +41,8 @@ import torch
 import yaml
 
 from fedleak.errors import ConfigError, NumericalError
-from fedleak.io import COMPLETE_MARK, new_run_dir, write_json, write_text
-
-#: the run folder's attack checkpoint (see the module docstring)
-CHECKPOINT = "checkpoint.pt"
-#: keys holding wall-clock durations: moved from anywhere in metrics.json into its ``timing`` key
-TIMING_KEYS = {"seconds", "elapsed", "time", "wall_time"}
-
-#: keys accepted in the ``metrics:`` config section
-METRIC_OPTIONS = {"psnr_cap": "PSNR reported for identical images (dB, default 100; null = inf)",
-                  "match": "pair reconstructions with true images by optimal assignment (default true)"}
+from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
+from fedleak.io import COMPLETE_MARK, jsonable, new_run_dir, write_json, write_text
 
 
 class RunLog:
@@ -127,101 +119,14 @@ def _load(config: Any, overrides: Optional[list[str]]):
     return load_config(config, overrides)
 
 
-def _metric_options(cfg) -> dict:
-    opts = dict(cfg.metrics or {})
-    bad = sorted(set(opts) - set(METRIC_OPTIONS))
-    if bad:
-        raise ConfigError(f"metrics: unknown option(s) {', '.join(map(repr, bad))}; valid: {', '.join(METRIC_OPTIONS)}")
-    cap = opts.get("psnr_cap", 100.0)
-    if cap is not None and not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0):
-        raise ConfigError(f"metrics.psnr_cap must be a positive number or null, got {cap!r}")
-    m = opts.get("match", True)
-    if not isinstance(m, bool):
-        raise ConfigError(f"metrics.match must be true or false, got {m!r}")
-    return {"psnr_cap": None if cap is None else float(cap), "match_order": m}
-
-
-def _enhancer_enabled(cfg) -> bool:
-    name = str(cfg.enhancer.get("name", "none")).lower()
-    return name not in ("none", "", "null")
-
-
-def _check_enhancer(cfg) -> None:
-    # ---- ENHANCER HOOK (1/2) -------------------------------------------------------------------------
-    # The enhancement stage lives in ``fedleak.enhance`` (another module, maybe not installed yet). It must
-    # provide ``enhance(images, view, enhancer_cfg) -> images`` using only the server's knowledge.
-    if _enhancer_enabled(cfg) and importlib.util.find_spec("fedleak.enhance") is None:
-        raise ConfigError(f"enhancer {cfg.enhancer.get('name')!r}: enhancement isn't available in this "
-                          "installation (no fedleak.enhance module); set enhancer: none")
-    if _enhancer_enabled(cfg):
-        from fedleak.enhance import stage as _enhance_mod
-
-        check = getattr(_enhance_mod, "check_config", None)  # optional part of the stage's interface
-        if check is not None:
-            check(cfg.enhancer)  # fail before the attack: bad options or weights file
-
-
-def _attack_options(cfg) -> dict:
-    """The attack section, with the run seed filled in as the attack seed when the attack takes one."""
-    from fedleak.attacks import ATTACKS, check_attack_config
-
-    opts = dict(cfg.attack)
-    if "seed" not in opts:
-        fn = ATTACKS.get(opts["name"])
-        trial = {**opts, "seed": cfg.seed}
-        try:
-            check_attack_config(trial)
-            ok = True
-        except ConfigError:
-            ok = False
-        if ok and (ATTACKS.caps(opts["name"]).seeds or _takes(fn, "seed")):
-            opts = trial
-    return opts
-
-
-def _takes(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _jsonable(o: Any, depth: int = 0) -> Any:
-    if depth > 8:
-        return repr(o)
-    if o is None or isinstance(o, (bool, int, str)):
-        return o
-    if isinstance(o, float):
-        return o if math.isfinite(o) else repr(o)
-    if isinstance(o, torch.Tensor):
-        return _jsonable(o.tolist(), depth + 1) if o.numel() <= 64 else f"tensor{tuple(o.shape)}"
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return _jsonable(o.item(), depth + 1)
-    except ImportError:  # pragma: no cover
-        pass
-    return repr(o)
-
-
 def _subject_masks(cfg, case, log: RunLog):
-    """Subject masks for the subject-region metrics: the data set's own (``masks`` attribute) if it has them,
-    else, when ``data.segmenter`` is set, computed from the true images now (evaluation only)."""
-    m = getattr(case.data, "masks", None)
-    if m is not None:
-        return m
-    seg = str(cfg.data.segmenter or "none").lower()
-    if seg == "none" or importlib.util.find_spec("fedleak.client.segmentation") is None:
+    """Subject masks for the subject-region metrics: with ``data.segmenter`` set, the data set's own when
+    ``data.subject_only`` already segmented it, else computed from the true images now (evaluation only)."""
+    seg = str(cfg.data.segmenter or "none").lower().strip()
+    if seg == "none":
         return None
+    if cfg.data.subject_only:
+        return case.data.masks  # set by client.segmentation.subject_only
     from fedleak.client import segmentation
 
     m = segmentation.masks(case.images, seg, cfg.data.sam_checkpoint)
@@ -252,30 +157,6 @@ def _prepare_dir(cfg, out: Optional[str | Path], resuming: bool = False) -> Path
     return new_run_dir(cfg.output.dir, name)
 
 
-def _supports_checkpoint(attack_opts: dict) -> bool:
-    """Whether the attack takes engine-style ``checkpoint`` options (the gradient-matching presets do)."""
-    from fedleak.attacks import check_attack_config
-
-    try:
-        check_attack_config({**attack_opts, "checkpoint": "checkpoint.pt"})
-    except (ConfigError, TypeError):
-        return False
-    return True
-
-
-def _move_timing(node: Any, path: list, out: dict) -> None:
-    """Move every wall-clock duration (keys in :data:`TIMING_KEYS` or ending in ``_seconds``) out of ``node``
-    into ``out`` under its dotted path, so the rest of metrics.json depends on the config and seed only."""
-    if isinstance(node, dict):
-        for k in list(node):
-            if k in TIMING_KEYS or (isinstance(k, str) and k.endswith("_seconds")):
-                out[".".join([*path, str(k)])] = node.pop(k)
-            else:
-                _move_timing(node[k], [*path, str(k)], out)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _move_timing(v, [*path, str(i)], out)
-
 
 def _check_update_finite(update) -> None:
     bad = [k for k, t in update.tensors.items()
@@ -296,18 +177,265 @@ def _resume_source(resume: str | Path, config: Any, overrides: Optional[list[str
     return d
 
 
-def check(config: Any = None, overrides: Optional[list[str]] = None, force: bool = False, log=None):
-    """Everything ``run`` checks before it starts, without running: config, metric options, enhancer, attack
-    options and the memory guard. Returns ``(cfg, attack_options, memory_estimate)``; raises a one-line
-    :class:`~fedleak.errors.FedleakError` otherwise."""
+# ------------------------------------------------------------------------------------------ the stages
+@dataclass
+class Plan:
+    """The prepare stage's result: the validated config (every named section checked once, see
+    :attr:`RunConfig.sections`), the attack options as run and the memory estimate."""
+
+    cfg: Any
+    attack: dict
+    memory: Any
+
+
+@dataclass
+class RunFolder:
+    """The run folder and the attack options as called there (the managed checkpoint filled in)."""
+
+    path: Path
+    call_options: dict
+    managed_checkpoint: bool
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+
+@dataclass
+class ClientSide:
+    case: Any
+    update: Any
+    view: Any
+    seconds: float
+
+
+@dataclass
+class Attacked:
+    rec: Any
+    history: list
+    interrupted: bool
+    planned: Optional[int]
+    seconds: float
+
+
+@dataclass
+class Scores:
+    raw: dict
+    enhanced: Optional[dict]
+    seconds: float
+
+
+def prepare(config: Any = None, overrides: Optional[list[str]] = None, force: bool = False, log=None) -> Plan:
+    """Stage 1 (also all of :func:`check`): load and validate the config, refuse a run that would not fit in
+    memory (``force`` overrides)."""
     from fedleak.experiment.resources import check as check_memory
 
     cfg = _load(config, overrides)
-    _metric_options(cfg)
-    _check_enhancer(cfg)
-    attack_opts = _attack_options(cfg)
     est = check_memory(cfg, force=force, log=log)
-    return cfg, attack_opts, est
+    return Plan(cfg=cfg, attack=dict(cfg.sections.attack), memory=est)
+
+
+def _resume_stage(resume: str | Path, config: Any, overrides: Optional[list[str]], out: Any, log: RunLog
+                  ) -> tuple[Path, Optional[dict]]:
+    """``(run_dir, metrics)`` of a complete folder (nothing to do), else ``(run_dir, None)`` with its log
+    re-read so that the resumed run appends to it."""
+    from fedleak.io import is_complete
+
+    if out is not None:
+        raise ConfigError("--resume continues RUN_DIR in place; do not also give --out")
+    d = _resume_source(resume, config, overrides)
+    if is_complete(d):
+        return d, json.loads((d / "metrics.json").read_text())
+    try:
+        log.lines = (d / "run.log").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        pass
+    log("---- resume ----")
+    return d, None
+
+
+def _open_folder(plan: Plan, out: Optional[str | Path], resuming: bool, log: RunLog) -> RunFolder:
+    """Create (or re-use) the run folder, manage the attack checkpoint, write the resolved config.yaml."""
+    from fedleak.attacks import ATTACKS
+    from fedleak.io import load_tensors
+
+    cfg = plan.cfg
+    run_dir = _prepare_dir(cfg, out, resuming=resuming)
+    log.path = run_dir / "run.log"
+    call_opts = dict(plan.attack)
+    managed = "checkpoint" not in plan.attack and ATTACKS.caps(plan.attack["name"]).checkpoints
+    if managed:
+        call_opts["checkpoint"] = str(run_dir / CHECKPOINT)
+    if resuming:
+        where = Path(call_opts["checkpoint"]) if call_opts.get("checkpoint") else None
+        if where is not None and where.is_file():
+            st = load_tensors(where)  # refuses pickled code like the engine does
+            log(f"resuming the attack from {where.name} (restart {st.get('restart')}, iteration {st.get('iteration')})")
+        else:
+            log("no attack checkpoint to resume from: the attack starts from the beginning")
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.resolved_dict(), sort_keys=False))
+    log(f"run folder {run_dir}")
+    return RunFolder(path=run_dir, call_options=call_opts, managed_checkpoint=managed)
+
+
+def client_stage(cfg, run_dir: Path, log: RunLog) -> ClientSide:
+    """Stage 2, the client side (the only stage besides the evaluation that uses the true images)."""
+    from fedleak.experiment.case import Case
+
+    case = Case(cfg)
+    t0 = time.perf_counter()
+    update = case.client_update()
+    seconds = time.perf_counter() - t0
+    _check_update_finite(update)
+    view = case.server_view()
+    s = update.stats
+    log(f"case: {cfg.data.batch_size} image(s) {cfg.data.size}x{cfg.data.size} from {cfg.data.source!r}, "
+        f"model {cfg.model.name}, protocol {cfg.protocol.name}, obfuscation "
+        f"{[o.get('name') for o in update.obfuscation] or 'none'}")
+    log(f"update: {s.get('num_parameters')} parameters, {s.get('bits_per_parameter', float('nan')):.4g} bits/param, "
+        f"relative error {s.get('relative_error', float('nan')):.4g}"
+        + (f", epsilon {s['privacy'].get('epsilon')}" if isinstance(s.get("privacy"), dict) else ""))
+    if cfg.output.save_update:
+        update.save(run_dir / "update.safetensors")
+    log.flush()
+    return ClientSide(case=case, update=update, view=view, seconds=seconds)
+
+
+def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bool, log: RunLog) -> Attacked:
+    """Stage 3, the server side: the attack sees the server view and the update only."""
+    from fedleak.attacks import attack
+
+    log(f"attack {plan.attack}")
+    torch.manual_seed(plan.cfg.seed)
+    t0 = time.perf_counter()
+    cb = Progress(log, progress, plan.attack["name"])
+    try:
+        rec = attack(folder.call_options, client.view, client.update, callback=cb)
+    finally:
+        cb.close()
+    seconds = time.perf_counter() - t0
+    interrupted = bool(rec.info.get("interrupted", False))
+    hist = [float(v) for v in rec.loss_history]
+    log(f"attack {'INTERRUPTED' if interrupted else 'finished'} after {len(hist)} iteration(s) in "
+        f"{seconds:.2f}s" + (f", final loss {hist[-1]:.6g}" if hist else ""))
+    return Attacked(rec=rec, history=hist, interrupted=interrupted, planned=cb.last.get("iterations"),
+                    seconds=seconds)
+
+
+def enhance_stage(cfg, rec, view, log: RunLog) -> tuple[Optional[torch.Tensor], float]:
+    """Stage 4 (when an enhancer is configured): server-side post-processing of the reconstruction;
+    returns ``(enhanced images or None, seconds)``."""
+    if not cfg.sections.enhancer_enabled:
+        return None, 0.0
+    from fedleak.enhance import enhance
+
+    t0 = time.perf_counter()
+    enhanced = enhance(rec.images, view, cfg.sections.enhancer)
+    seconds = time.perf_counter() - t0
+    log(f"enhancer {cfg.enhancer} ran in {seconds:.2f}s")
+    return enhanced, seconds
+
+
+def evaluate_stage(cfg, case, rec, enhanced: Optional[torch.Tensor], log: RunLog) -> Scores:
+    """Stage 5: the only place (after the attack) where the true images are compared."""
+    from fedleak import metrics as M
+
+    opts = cfg.sections.metrics.evaluate_kwargs()
+    t0 = time.perf_counter()
+    masks = _subject_masks(cfg, case, log)
+    raw = M.evaluate(case.images, rec, true_labels=case.labels, masks=masks, **opts)
+    enh = M.evaluate(case.images, enhanced, true_labels=None, masks=masks, **opts) if enhanced is not None else None
+    return Scores(raw=raw, enhanced=enh, seconds=time.perf_counter() - t0)
+
+
+def _summary(scores: Scores, stats: dict) -> dict:
+    raw, enh = scores.raw, scores.enhanced
+    summary = {k: raw["mean"][k] for k in ("psnr", "ssim", "ssim_rog", "perceptual")}
+    if "label_accuracy" in raw:
+        summary["label_accuracy"] = raw["label_accuracy"]
+    if enh is not None:
+        for k in ("psnr", "ssim", "ssim_rog", "perceptual"):
+            summary[f"enhanced_{k}"] = enh["mean"][k]
+    summary["bits_per_parameter"] = stats.get("bits_per_parameter")
+    if isinstance(stats.get("privacy"), dict) and "epsilon" in stats["privacy"]:
+        summary["epsilon"] = stats["privacy"]["epsilon"]
+    return summary
+
+
+def _metrics_doc(plan: Plan, run_dir: Path, client: ClientSide, att: Attacked, scores: Scores,
+                 enhance_seconds: float) -> dict:
+    """metrics.json before its wall-clock durations are moved into ``timing`` (see :func:`write_stage`)."""
+    update, rec, hist = client.update, att.rec, att.history
+    metrics: dict[str, Any] = {"name": run_dir.name, "interrupted": att.interrupted, "seed": plan.cfg.seed,
+                               "summary": _summary(scores, update.stats), "raw": scores.raw}
+    if scores.enhanced is not None:
+        metrics["enhanced"] = scores.enhanced
+    metrics["attack"] = {
+        "name": plan.attack["name"],
+        "options": {k: v for k, v in plan.attack.items() if k != "name"},
+        "iterations_run": len(hist),
+        "iterations_planned": att.planned,
+        "final_loss": hist[-1] if hist else None,
+        "best_loss": rec.info.get("best_loss"),
+        "info": {k: v for k, v in rec.info.items() if k not in ("attack_config",)},
+    }
+    metrics["update"] = {"kind": update.kind, "protocol": update.protocol, "obfuscation": update.obfuscation,
+                         "labels_shared": update.labels is not None, "stats": update.stats}
+    metrics["timing"] = {"client_seconds": round(client.seconds, 4), "attack_seconds": round(att.seconds, 4),
+                         "enhance_seconds": round(enhance_seconds, 4), "evaluate_seconds": round(scores.seconds, 4)}
+    return metrics
+
+
+def write_stage(plan: Plan, folder: RunFolder, client: ClientSide, att: Attacked, enhanced: Optional[torch.Tensor],
+                scores: Scores, metrics: dict, t_all: float, log: RunLog) -> dict:
+    """Stage 6: reconstruction.pt, grid.png, loss.png and metrics.json (JSON-safe, durations under ``timing``)."""
+    from fedleak.metrics import plots
+
+    cfg, rec, run_dir, raw, enh = plan.cfg, att.rec, folder.path, scores.raw, scores.enhanced
+    save_reconstruction(run_dir / RECONSTRUCTION, rec, raw["permutation"], enhanced=enhanced, log=log)
+    rec_m = rec.images.detach().cpu()[raw["permutation"]]
+    enh_m = enhanced.detach().cpu()[enh["permutation"]] if enhanced is not None else None
+    title = (f"{cfg.attack['name']} | {cfg.model.name} {cfg.protocol.name} | "
+             f"PSNR {metrics['summary']['psnr']:.2f} dB" + (" | INTERRUPTED" if att.interrupted else ""))
+    plots.save_grid(client.case.images, rec_m, run_dir / "grid.png", psnrs=raw["per_image"]["psnr"],
+                    enhanced=enh_m, enhanced_psnrs=enh["per_image"]["psnr"] if enh else None, title=title)
+    plots.save_loss(att.history, run_dir / "loss.png", series=rec.series,
+                    title=f"{plan.attack['name']} matching loss")
+    metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
+    metrics = jsonable(metrics)
+    timing = metrics.pop("timing")
+    moved: dict = {}
+    move_timing(metrics, [], moved)
+    metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
+    write_json(run_dir / "metrics.json", metrics)
+    s = metrics["summary"]
+    log(f"mean PSNR {s['psnr']:.3f} dB, SSIM {s['ssim']:.4f}, ROG-SSIM {s['ssim_rog']:.4f}, "
+        f"1-HaarPSI {s['perceptual']:.4f}")
+    return metrics
+
+
+def _finish(folder: RunFolder, interrupted: bool, log: RunLog) -> None:
+    """Mark a finished run COMPLETE (and drop its managed checkpoint); an interrupted one stays resumable."""
+    from fedleak.io import check_complete, mark_complete
+
+    ckpt_kept = folder.managed_checkpoint and folder.checkpoint.is_file()
+    if interrupted:
+        log("interrupted: results are partial; COMPLETE not written"
+            + (f"; continue with: fedleak run --resume {folder.path}" if ckpt_kept else ""))
+    log.flush()
+    if not interrupted:
+        mark_complete(folder.path)
+        check_complete(folder.path)
+        if ckpt_kept:
+            folder.checkpoint.unlink()  # the run is complete: its working state is no longer needed
+
+
+def check(config: Any = None, overrides: Optional[list[str]] = None, force: bool = False, log=None):
+    """Everything ``run`` checks before it starts, without running (the prepare stage): config, every named
+    section, the memory guard. Returns ``(cfg, attack_options, memory_estimate)``; raises a one-line
+    :class:`~fedleak.errors.FedleakError` otherwise."""
+    plan = prepare(config, overrides, force=force, log=log)
+    return plan.cfg, plan.attack, plan.memory
 
 
 def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional[str | Path] = None,
@@ -322,200 +450,35 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     ``resume``: a run folder to continue (its ``config.yaml`` is re-read, the client's update recomputed
     deterministically and the attack resumed from ``checkpoint.pt`` when there is one; ``config``,
     ``overrides`` and ``out`` must then be None). A complete folder is not run again: its metrics are
-    returned. ``force``: start even when the memory guard (:mod:`fedleak.resources`) estimates that the run
-    does not fit in the available memory.
+    returned. ``force``: start even when the memory guard (:mod:`fedleak.experiment.resources`) estimates
+    that the run does not fit in the available memory.
+
+    The stages: :func:`prepare`, :func:`client_stage`, :func:`attack_stage`, :func:`enhance_stage`,
+    :func:`evaluate_stage`, :func:`write_stage`.
     """
-    from fedleak import metrics as M
-    from fedleak.metrics import plots
-    from fedleak.attacks import attack
-    from fedleak.experiment.case import Case
-    from fedleak.io import mark_complete
-
-    import json
-
-    from fedleak.io import check_complete, is_complete, load_tensors
-    from fedleak.experiment.resources import check as check_memory
-
     t_all = time.perf_counter()
     log = RunLog()
     if resume is not None:
-        if out is not None:
-            raise ConfigError("--resume continues RUN_DIR in place; do not also give --out")
-        out = _resume_source(resume, config, overrides)
-        if is_complete(out):
-            return out, json.loads((out / "metrics.json").read_text())
+        out, done = _resume_stage(resume, config, overrides, out, log)
+        if done is not None:
+            return out, done
         config = out / "config.yaml"
-        try:
-            log.lines = (out / "run.log").read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
-            pass
-        log("---- resume ----")
-    cfg = _load(config, overrides)
-    metric_opts = _metric_options(cfg)
-    _check_enhancer(cfg)
-    attack_opts = _attack_options(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    resolved = cfg.to_dict()
-    resolved["attack"] = attack_opts
+    plan = prepare(config, overrides, force=force, log=log)
+    if plan.cfg.threads:
+        torch.set_num_threads(plan.cfg.threads)
     log(f"fedleak run: config {config if isinstance(config, (str, Path)) else type(config).__name__}"
         + (f", overrides {overrides}" if overrides else ""))
     log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}")
-    # before any folder or work: refuse a run that would not fit in memory (--force overrides)
-    check_memory(cfg, force=force, log=log)
-
-    run_dir = _prepare_dir(cfg, out, resuming=resume is not None)
-    log.path = run_dir / "run.log"
-    ckpt_path = run_dir / CHECKPOINT
-    call_opts = dict(attack_opts)
-    managed_ckpt = "checkpoint" not in attack_opts and _supports_checkpoint(attack_opts)
-    if managed_ckpt:
-        call_opts["checkpoint"] = str(ckpt_path)
-    if resume is not None:
-        where = Path(call_opts["checkpoint"]) if call_opts.get("checkpoint") else None
-        if where is not None and where.is_file():
-            st = load_tensors(where)  # refuses pickled code like the engine does
-            log(f"resuming the attack from {where.name} (restart {st.get('restart')}, iteration {st.get('iteration')})")
-        else:
-            log("no attack checkpoint to resume from: the attack starts from the beginning")
-    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    log(f"run folder {run_dir}")
+    folder = _open_folder(plan, out, resume is not None, log)
     try:
-        # ---- client side (uses the true images) -----------------------------------------------------
-        case = Case(cfg)
-        t0 = time.perf_counter()
-        update = case.client_update()
-        t_client = time.perf_counter() - t0
-        _check_update_finite(update)
-        view = case.server_view()
-        s = update.stats
-        log(f"case: {cfg.data.batch_size} image(s) {cfg.data.size}x{cfg.data.size} from {cfg.data.source!r}, "
-            f"model {cfg.model.name}, protocol {cfg.protocol.name}, obfuscation "
-            f"{[o.get('name') for o in update.obfuscation] or 'none'}")
-        log(f"update: {s.get('num_parameters')} parameters, {s.get('bits_per_parameter', float('nan')):.4g} bits/param, "
-            f"relative error {s.get('relative_error', float('nan')):.4g}"
-            + (f", epsilon {s['privacy'].get('epsilon')}" if isinstance(s.get("privacy"), dict) else ""))
-        if cfg.output.save_update:
-            update.save(run_dir / "update.safetensors")
-        log.flush()
-
-        # ---- server side: the attack sees the server view and the update only -----------------------
-        log(f"attack {attack_opts}")
-        torch.manual_seed(cfg.seed)
-        t0 = time.perf_counter()
-        cb = Progress(log, progress, attack_opts["name"])
-        try:
-            rec = attack(call_opts, view, update, callback=cb)
-        finally:
-            cb.close()
-        t_attack = time.perf_counter() - t0
-        interrupted = bool(rec.info.get("interrupted", False))
-        hist = [float(v) for v in rec.loss_history]
-        log(f"attack {'INTERRUPTED' if interrupted else 'finished'} after {len(hist)} iteration(s) in "
-            f"{t_attack:.2f}s" + (f", final loss {hist[-1]:.6g}" if hist else ""))
-
-        # ---- enhancement (optional) ----------------------------------------------------------------
-        enhanced = None
-        t_enh = 0.0
-        if _enhancer_enabled(cfg):
-            # ---- ENHANCER HOOK (2/2): server-side post-processing of the reconstruction -------------
-            from fedleak.enhance import stage as _enhance_mod  # presence checked in _check_enhancer
-
-            t0 = time.perf_counter()
-            out_e = _enhance_mod.enhance(rec.images, view, cfg.enhancer)
-            enhanced = getattr(out_e, "images", out_e)
-            t_enh = time.perf_counter() - t0
-            log(f"enhancer {cfg.enhancer} ran in {t_enh:.2f}s")
-
-        # ---- evaluation: the only place (after the attack) where the true images are compared ------
-        t0 = time.perf_counter()
-        masks = _subject_masks(cfg, case, log)
-        raw = M.evaluate(case.images, rec, true_labels=case.labels, masks=masks, **metric_opts)
-        enh_metrics = None
-        if enhanced is not None:
-            enh_metrics = M.evaluate(case.images, enhanced, true_labels=None, masks=masks, **metric_opts)
-        t_eval = time.perf_counter() - t0
-
-        summary = {"psnr": raw["mean"]["psnr"], "ssim": raw["mean"]["ssim"], "ssim_rog": raw["mean"]["ssim_rog"],
-                   "perceptual": raw["mean"]["perceptual"]}
-        if "label_accuracy" in raw:
-            summary["label_accuracy"] = raw["label_accuracy"]
-        if enh_metrics is not None:
-            for k in ("psnr", "ssim", "ssim_rog", "perceptual"):
-                summary[f"enhanced_{k}"] = enh_metrics["mean"][k]
-        summary["bits_per_parameter"] = s.get("bits_per_parameter")
-        if isinstance(s.get("privacy"), dict) and "epsilon" in s["privacy"]:
-            summary["epsilon"] = s["privacy"]["epsilon"]
-
-        metrics: dict[str, Any] = {
-            "name": run_dir.name,
-            "interrupted": interrupted,
-            "seed": cfg.seed,
-            "summary": summary,
-            "raw": raw,
-        }
-        if enh_metrics is not None:
-            metrics["enhanced"] = enh_metrics
-        metrics["attack"] = {
-            "name": attack_opts["name"],
-            "options": {k: v for k, v in attack_opts.items() if k != "name"},
-            "iterations_run": len(hist),
-            "iterations_planned": cb.last.get("iterations"),
-            "final_loss": hist[-1] if hist else None,
-            "best_loss": rec.info.get("best_loss"),
-            "info": {k: v for k, v in rec.info.items() if k not in ("attack_config",)},
-        }
-        metrics["update"] = {"kind": update.kind, "protocol": update.protocol, "obfuscation": update.obfuscation,
-                             "labels_shared": update.labels is not None, "stats": s}
-        metrics["timing"] = {"client_seconds": round(t_client, 4), "attack_seconds": round(t_attack, 4),
-                             "enhance_seconds": round(t_enh, 4), "evaluate_seconds": round(t_eval, 4)}
-
-        # ---- outputs -------------------------------------------------------------------------------
-        perm = raw["permutation"]
-        blob = {"images": rec.images.detach().to("cpu", torch.float32).contiguous(),
-                "permutation": torch.tensor(perm, dtype=torch.int64),
-                "loss_history": torch.tensor(hist, dtype=torch.float64)}
-        if rec.labels is not None:
-            blob["labels"] = torch.as_tensor(rec.labels).detach().cpu()
-        if enhanced is not None:
-            blob["enhanced"] = enhanced.detach().to("cpu", torch.float32).contiguous()
-        for key, pts in (rec.series or {}).items():
-            try:
-                blob[f"series_{key}"] = torch.tensor([list(p) if isinstance(p, (list, tuple)) else [i, p]
-                                                      for i, p in enumerate(pts)], dtype=torch.float64)
-            except (TypeError, ValueError):
-                log(f"series {key!r} not saved (not numeric pairs)")
-        from fedleak.io import atomic_path
-
-        with atomic_path(run_dir / "reconstruction.pt") as tmp:
-            torch.save(blob, tmp)
-        rec_m = rec.images.detach().cpu()[perm]
-        enh_m = enhanced.detach().cpu()[enh_metrics["permutation"]] if enhanced is not None else None
-        title = (f"{cfg.attack['name']} | {cfg.model.name} {cfg.protocol.name} | "
-                 f"PSNR {summary['psnr']:.2f} dB" + (" | INTERRUPTED" if interrupted else ""))
-        plots.save_grid(case.images, rec_m, run_dir / "grid.png", psnrs=raw["per_image"]["psnr"],
-                        enhanced=enh_m, enhanced_psnrs=enh_metrics["per_image"]["psnr"] if enh_metrics else None,
-                        title=title)
-        plots.save_loss(hist, run_dir / "loss.png", series=rec.series, title=f"{attack_opts['name']} matching loss")
-        metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
-        metrics = _jsonable(metrics)
-        timing = metrics.pop("timing")
-        moved: dict = {}
-        _move_timing(metrics, [], moved)
-        metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
-        write_json(run_dir / "metrics.json", metrics)
-        log(f"mean PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}, ROG-SSIM {summary['ssim_rog']:.4f}, "
-            f"1-HaarPSI {summary['perceptual']:.4f}")
-        if interrupted:
-            log("interrupted: results are partial; COMPLETE not written"
-                + (f"; continue with: fedleak run --resume {run_dir}" if managed_ckpt and ckpt_path.is_file() else ""))
-        log.flush()
-        if not interrupted:
-            mark_complete(run_dir)
-            check_complete(run_dir)
-            if managed_ckpt and ckpt_path.is_file():
-                ckpt_path.unlink()  # the run is complete: its working state is no longer needed
-        return run_dir, metrics
+        client = client_stage(plan.cfg, folder.path, log)
+        att = attack_stage(plan, folder, client, progress, log)
+        enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log)
+        scores = evaluate_stage(plan.cfg, client.case, att.rec, enhanced, log)
+        metrics = _metrics_doc(plan, folder.path, client, att, scores, t_enh)
+        metrics = write_stage(plan, folder, client, att, enhanced, scores, metrics, t_all, log)
+        _finish(folder, att.interrupted, log)
+        return folder.path, metrics
     except BaseException as e:  # record what went wrong, then let the caller handle it
         log(f"FAILED: {type(e).__name__}: {e}")
         try:

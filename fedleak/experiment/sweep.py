@@ -19,7 +19,7 @@ A sweep file (YAML, safe loader) looks like::
 Grid and cell keys are ``--set`` keys (``a.b.c``) and the values are any YAML value; a cell may also be a
 list of ``key=value`` strings. The seed is set through ``seeds`` only.
 
-Every cell is an ordinary run folder written by :func:`fedleak.runner.run`. The sweep folder holds::
+Every cell is an ordinary run folder written by :func:`fedleak.experiment.runner.run`. The sweep folder holds::
 
     sweep.yaml         the sweep as run: base config inlined, the cell plan (ids, overrides, seeds)
     cells/<id>/        one run folder per cell (+ cell.json: what the cell was asked to run)
@@ -496,7 +496,7 @@ def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
     ax.set_title("Leakage against communication", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    plots._save(fig, folder / "psnr_vs_bits.png")
+    plots.save_figure(fig, folder / "psnr_vs_bits.png")
     written.append(folder / "psnr_vs_bits.png")
 
     if any(r.get("epsilon") is not None for r in rows):
@@ -511,7 +511,7 @@ def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
         fig.suptitle("Leakage against the privacy budget", fontsize=10)
         fig.tight_layout()
-        plots._save(fig, folder / "psnr_ssim_vs_epsilon.png")
+        plots.save_figure(fig, folder / "psnr_ssim_vs_epsilon.png")
         written.append(folder / "psnr_ssim_vs_epsilon.png")
     else:
         stale = folder / "psnr_ssim_vs_epsilon.png"
@@ -572,18 +572,10 @@ def _finished(folder: Path, request: dict) -> Optional[dict]:
     return metrics
 
 
-def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = None, backend: Optional[str] = None,
-              workers: Optional[int] = None, address: Optional[str] = None, threads: Optional[int] = None,
-              progress: bool = True) -> tuple[Path, list[dict]]:
-    """Run (or resume) a sweep; return ``(sweep_dir, rows)`` with rows sorted by cell id.
-
-    ``backend``: ``local`` (process pool, default) or ``ray``; ``workers``: parallel cells (default: the
-    cores, or the Ray cluster's CPUs); ``threads``: torch threads per cell (default ``max(1, cores //
-    workers)``); ``progress``: one line per finished cell on stderr.
-    """
-    from fedleak.config.schema import load_config
-
-    sweep = source if isinstance(source, Sweep) else load_sweep(source)
+def _backend_options(sweep: Sweep, backend: Optional[str], workers: Optional[int], address: Optional[str],
+                     threads: Optional[int]) -> tuple[str, Optional[str], Optional[int], int, int]:
+    """``(backend, address, workers, effective workers, torch threads per cell)`` from the arguments, else the
+    sweep file, else the defaults."""
     backend = (backend or sweep.backend or "local").lower()
     if backend not in BACKENDS:
         raise ConfigError(f"unknown sweep backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -593,7 +585,7 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
     if backend == "ray":
         import importlib.util
 
-        if importlib.util.find_spec("ray") is None:
+        if importlib.util.find_spec("ray") is None:  # ray is an optional dependency
             raise FedleakError(RAY_MISSING)
     workers = workers or sweep.workers
     if workers is not None and workers < 1:
@@ -601,7 +593,10 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
     n_cores = cores()
     eff_workers = workers or n_cores
     threads = threads or sweep.threads or max(1, n_cores // eff_workers)
+    return backend, address, workers, eff_workers, threads
 
+
+def _open_sweep_folder(sweep: Sweep, source: Any, out: Optional[str | Path]) -> Path:
     folder = Path(out) if out is not None else default_out(sweep, source if not isinstance(source, Sweep) else None)
     folder = folder.expanduser().resolve()
     if folder.exists() and not folder.is_dir():
@@ -609,11 +604,13 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
     (folder / "cells").mkdir(parents=True, exist_ok=True)
     if (folder / COMPLETE_MARK).is_file():
         (folder / COMPLETE_MARK).unlink()
-    log = _Log(folder / "sweep.log", progress)
-    write_text(folder / "sweep.yaml", yaml.safe_dump({**sweep.to_dict(), "backend": backend}, sort_keys=False))
-    log(f"{len(sweep.cells)} cell(s) ({len(sweep.cells) // len(sweep.seeds)} override set(s) x "
-        f"{len(sweep.seeds)} seed(s)) into {folder}; backend {backend}"
-        + (f" at {address}" if address else "") + f", workers {workers or 'auto'}, {threads} torch thread(s) each")
+    return folder
+
+
+def _plan(sweep: Sweep, folder: Path, threads: int, log: Callable[[str], None]) -> tuple[dict, list[dict]]:
+    """``(rows, tasks)``: the rows known now (invalid configs, finished cells of an earlier invocation) and the
+    cells to run."""
+    from fedleak.config.schema import load_config
 
     rows: dict[str, dict] = {}
     tasks: list[dict] = []
@@ -626,19 +623,23 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
             rows[c.id] = failed_row(c.id, c.overrides, c.seed, "", _err(e))
             log(f"{c.id}: invalid config: {_err(e)}")
             continue
-        attack = str(cfg.attack.get("name", ""))
         req = sweep.request(c)
         done = _finished(d, req)
         if done is not None:
             rows[c.id] = row_from_metrics(c.id, c.overrides, c.seed, done)
             continue
         tasks.append({"id": c.id, "base": sweep.base, "overrides": ovs, "cell_overrides": c.overrides,
-                      "seed": c.seed, "attack": attack, "dir": str(d), "threads": threads, "request": req})
+                      "seed": c.seed, "attack": str(cfg.attack["name"]), "dir": str(d), "threads": threads,
+                      "request": req})
     skipped = sum(1 for r in rows.values() if r["status"] == "complete")
     if skipped:
         log(f"resuming: {skipped} finished cell(s) skipped, {len(tasks)} to run")
+    return rows, tasks
 
-    n_total, n_done = len(sweep.cells), [len(rows)]
+
+def _recorder(rows: dict, n_total: int, folder: Path, log: Callable[[str], None]) -> Callable[[dict], None]:
+    """The backends' ``on_done``: record a finished cell's row, log it, rewrite the tables."""
+    n_done = [len(rows)]
 
     def on_done(row: dict) -> None:
         n_done[0] += 1
@@ -650,6 +651,28 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
             + (f" ({secs:.1f}s)" if secs is not None else ""))
         write_tables(list(rows.values()), folder)
 
+    return on_done
+
+
+def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = None, backend: Optional[str] = None,
+              workers: Optional[int] = None, address: Optional[str] = None, threads: Optional[int] = None,
+              progress: bool = True) -> tuple[Path, list[dict]]:
+    """Run (or resume) a sweep; return ``(sweep_dir, rows)`` with rows sorted by cell id.
+
+    ``backend``: ``local`` (process pool, default) or ``ray``; ``workers``: parallel cells (default: the
+    cores, or the Ray cluster's CPUs); ``threads``: torch threads per cell (default ``max(1, cores //
+    workers)``); ``progress``: one line per finished cell on stderr.
+    """
+    sweep = source if isinstance(source, Sweep) else load_sweep(source)
+    backend, address, workers, eff_workers, threads = _backend_options(sweep, backend, workers, address, threads)
+    folder = _open_sweep_folder(sweep, source, out)
+    log = _Log(folder / "sweep.log", progress)
+    write_text(folder / "sweep.yaml", yaml.safe_dump({**sweep.to_dict(), "backend": backend}, sort_keys=False))
+    log(f"{len(sweep.cells)} cell(s) ({len(sweep.cells) // len(sweep.seeds)} override set(s) x "
+        f"{len(sweep.seeds)} seed(s)) into {folder}; backend {backend}"
+        + (f" at {address}" if address else "") + f", workers {workers or 'auto'}, {threads} torch thread(s) each")
+    rows, tasks = _plan(sweep, folder, threads, log)
+    on_done = _recorder(rows, len(sweep.cells), folder, log)
     t0 = time.perf_counter()
     if tasks:
         if backend == "local":

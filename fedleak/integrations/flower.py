@@ -72,16 +72,37 @@ def _model_parts(model: Any, image_size: int, channels: int, num_classes: Option
                 probe.eval()
                 num_classes = int(probe(torch.zeros(1, channels, image_size, image_size)).shape[-1])
         return type(probe).__name__, {}, model, int(num_classes)
+    from fedleak.client.models import model_kwargs
     from fedleak.config.schema import load_config
 
     section = {"name": model} if isinstance(model, str) else dict(model)
     if num_classes is not None:
         section.setdefault("num_classes", num_classes)
     cfg = load_config(base={"model": section, "data": {"size": image_size}})
-    m = cfg.model
-    kwargs = dict(num_classes=m.num_classes, image_size=image_size, width=m.width, activation=m.activation,
-                  seed=m.seed if m.seed is not None else 0, **m.options)
-    return m.name, kwargs, None, m.num_classes
+    return cfg.model.name, model_kwargs(cfg.model, image_size, 0), None, cfg.model.num_classes
+
+
+def _attack_section(attack_config: Union[str, dict], seed: int) -> dict:
+    """The attack section as audited, validated once: the audit seed is filled in when the attack declares
+    ``seeds`` and the section gives none."""
+    from fedleak.attacks import ATTACKS, check_attack_config
+
+    att = {"name": attack_config} if isinstance(attack_config, str) else dict(attack_config)
+    if not isinstance(att.get("name"), str):
+        raise ConfigError("AuditStrategy: attack_config must be a name or a mapping with a 'name'")
+    if "seed" not in att and ATTACKS.caps(att["name"]).seeds:
+        att["seed"] = seed
+    check_attack_config(att)
+    return att
+
+
+def _check_clients(clients: Any) -> None:
+    if isinstance(clients, bool) or (clients is not None and not isinstance(clients, (int, float))):
+        raise ConfigError(f"clients must be None, an int or a fraction, got {clients!r}")
+    if isinstance(clients, float) and not 0 < clients <= 1:
+        raise ConfigError(f"clients as a fraction must be in (0, 1], got {clients}")
+    if isinstance(clients, int) and clients < 1:
+        raise ConfigError(f"clients must be at least 1, got {clients}")
 
 
 def _to_scalar(v: Any) -> Any:
@@ -163,20 +184,12 @@ class AuditStrategy(Strategy):
                  param_names: Optional[list[str]] = None, seed: int = 0, max_batch: int = 64,
                  metrics: Optional[dict] = None, on_record: Optional[Callable[[dict], None]] = None,
                  threads: Optional[int] = None):
-        from fedleak.attacks import check_attack_config
+        from fedleak.metrics.options import metric_options
 
         if not isinstance(strategy, Strategy):
             raise ConfigError(f"AuditStrategy wraps a flwr Strategy, got {type(strategy).__name__}")
         self.strategy = strategy
-        att = {"name": attack_config} if isinstance(attack_config, str) else dict(attack_config)
-        check_attack_config(att)
-        if "seed" not in att:
-            try:
-                check_attack_config({**att, "seed": seed})
-                att["seed"] = seed
-            except ConfigError:
-                pass
-        self.attack_config = att
+        self.attack_config = _attack_section(attack_config, seed)
         self.image_size, self.channels = int(image_size), int(channels)
         self.model_name, self.model_kwargs, self.model_factory, self.num_classes = _model_parts(
             model, self.image_size, self.channels, num_classes)
@@ -185,20 +198,11 @@ class AuditStrategy(Strategy):
         self._param_names = [k for k, _ in ref.named_parameters()]
         self._ref_state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
         self.param_names = list(param_names) if param_names is not None else None
-        if isinstance(clients, bool) or (clients is not None and not isinstance(clients, (int, float))):
-            raise ConfigError(f"clients must be None, an int or a fraction, got {clients!r}")
-        if isinstance(clients, float) and not 0 < clients <= 1:
-            raise ConfigError(f"clients as a fraction must be in (0, 1], got {clients}")
-        if isinstance(clients, int) and clients < 1:
-            raise ConfigError(f"clients must be at least 1, got {clients}")
+        _check_clients(clients)
         self.rounds, self.clients = rounds, clients
         self.true_data, self.protocol, self.lr = true_data, protocol, lr
         self.seed, self.max_batch = int(seed), int(max_batch)
-        from types import SimpleNamespace
-
-        from fedleak.experiment.runner import _metric_options
-
-        self.metric_options = _metric_options(SimpleNamespace(metrics=dict(metrics or {})))
+        self.metric_options = metric_options(metrics).evaluate_kwargs()
         self.out = Path(out) if out is not None else None
         self.on_record = on_record
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -254,24 +258,11 @@ class AuditStrategy(Strategy):
 
     # ------------------------------------------------------------------ sampling
     def _round_selected(self, r: int) -> bool:
-        sel = self.rounds
-        if sel is None:
-            return True
-        if callable(sel):
-            return bool(sel(r))
-        if isinstance(sel, int) and not isinstance(sel, bool):
-            return r == sel
-        return r in set(sel)
+        return round_selected(self.rounds, r)
 
     def _pick(self, server_round: int, results: list) -> list:
         keyed = sorted(results, key=lambda pr: self._client_id(pr[0], pr[1]))
-        k = self.clients
-        if k is None:
-            return keyed
-        n = max(1, math.ceil(k * len(keyed))) if isinstance(k, float) else min(int(k), len(keyed))
-        rng = random.Random(self.seed * 1_000_003 + server_round)
-        chosen = set(rng.sample(range(len(keyed)), n))
-        return [pr for i, pr in enumerate(keyed) if i in chosen]
+        return pick_clients(keyed, self.clients, self.seed * 1_000_003 + server_round)
 
     @staticmethod
     def _client_id(proxy: ClientProxy, res: FitRes) -> str:
@@ -287,16 +278,7 @@ class AuditStrategy(Strategy):
         return build_model(self.model_name, **self.model_kwargs)
 
     def _names(self, count: int) -> list[str]:
-        if self.param_names is not None:
-            if len(self.param_names) != count:
-                raise ConfigError(f"param_names has {len(self.param_names)} names for {count} arrays")
-            return self.param_names
-        if count == len(self._state_names):
-            return self._state_names
-        if count == len(self._param_names):
-            return self._param_names
-        raise ConfigError(f"{count} arrays, but the model has {len(self._state_names)} state_dict entries and "
-                          f"{len(self._param_names)} parameters; pass param_names=")
+        return array_names(count, self.param_names, self._state_names, self._param_names)
 
     def _audit_round(self, server_round: int, results: list) -> None:
         for proxy, res in self._pick(server_round, results):
@@ -313,103 +295,156 @@ class AuditStrategy(Strategy):
             self._write()
 
     def _audit_one(self, server_round: int, proxy: ClientProxy, res: FitRes) -> dict:
-        from fedleak.attacks import attack
-        from fedleak.server.view import ServerView
-
         cid = self._client_id(proxy, res)
-        metrics = dict(res.metrics or {})
         rec: dict[str, Any] = {"round": server_round, "client": cid, "cid": str(proxy.cid),
                                "num_examples": int(res.num_examples), "attack": self.attack_config["name"],
                                "status": "ok", "error": None}
         t0 = time.perf_counter()
+        skip = _skip_reason(int(res.num_examples), self.max_batch)
+        if skip is not None:
+            rec.update(status="skipped", error=skip)
+            return rec
         try:
-            if res.num_examples > self.max_batch:
-                rec["status"] = "skipped"
-                rec["error"] = f"{res.num_examples} examples > max_batch={self.max_batch}"
-                return rec
-            if res.num_examples < 1:
-                rec["status"] = "skipped"
-                rec["error"] = "the client reported no examples"
-                return rec
-            sent_p = self._sent.get(server_round, {}).get(proxy.cid) or self._global[server_round]
-            sent = parameters_to_ndarrays(sent_p)
-            received = parameters_to_ndarrays(res.parameters)
-            names = self._names(len(sent))
-            update = build_update(sent, received, names, self._param_names, metrics, res.num_examples,
-                                  self.protocol, self.lr)
-            rec.update(protocol=update.protocol, kind=update.kind, obfuscation=update.obfuscation,
-                       bits_per_parameter=update.stats.get("bits_per_parameter"))
-            state = {k: v.clone() for k, v in self._ref_state.items()}
-            for k, a in zip(names, sent):
-                state[k] = torch.as_tensor(a).clone().to(state[k].dtype if k in state else torch.float32)
-            view = ServerView(model_name=self.model_name, model_kwargs=dict(self.model_kwargs), global_state=state,
-                              image_size=self.image_size, channels=self.channels, num_classes=self.num_classes,
-                              batch_size=int(res.num_examples), model_factory=self.model_factory)
-            torch.manual_seed(self.seed * 1_000_003 + server_round)
-            result = attack(self.attack_config, view, update)
-            rec["attack_seconds"] = round(time.perf_counter() - t0, 3)
-            hist = [float(v) for v in result.loss_history]
-            rec["iterations"] = len(hist)
-            rec["final_loss"] = hist[-1] if hist and math.isfinite(hist[-1]) else None
-            rec["interrupted"] = bool(result.info.get("interrupted", False))
-            truth = self.true_data(cid) if self.true_data is not None else None
-            perm = list(range(result.images.shape[0]))
-            if truth is not None:
-                from fedleak import metrics as M
-
-                images, labels = truth
-                ev = M.evaluate(images, result, true_labels=labels, **self.metric_options)
-                perm = ev["permutation"]
-                mean = ev["mean"]
-                rec.update(psnr=mean.get("psnr"), ssim=mean.get("ssim"), ssim_rog=mean.get("ssim_rog"),
-                           perceptual=mean.get("perceptual"), label_accuracy=ev.get("label_accuracy"),
-                           per_image=ev["per_image"])
-            if self.out is not None:
-                rec.update(self._save_images(server_round, cid, result, perm, truth, rec.get("per_image")))
+            self._attack_and_score(server_round, proxy, res, cid, rec, t0)
         except Exception as e:  # noqa: BLE001 - an audit failure must never break the FL run
             rec["status"] = "failed"
             rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec
 
-    def _save_images(self, server_round: int, cid: str, result, perm, truth, per_image) -> dict:
-        from fedleak.metrics import plots
-        from fedleak.io import atomic_path
+    def _attack_and_score(self, server_round: int, proxy: ClientProxy, res: FitRes, cid: str, rec: dict,
+                          t0: float) -> None:
+        """Rebuild what the server received, attack it, score it (when the truth is known), save it."""
+        from fedleak.attacks import attack
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cid)
-        stem = f"round{server_round:03d}-client{safe}"
-        recs = result.images.detach().cpu()
-        blob = {"images": recs.float().contiguous(), "permutation": torch.tensor(perm, dtype=torch.int64),
-                "loss_history": torch.tensor([float(v) for v in result.loss_history], dtype=torch.float64)}
-        if result.labels is not None:
-            blob["labels"] = torch.as_tensor(result.labels).detach().cpu()
-        with atomic_path(self.out / f"{stem}.pt") as tmp:
-            torch.save(blob, tmp)
-        matched = recs[perm]
+        sent_p = self._sent.get(server_round, {}).get(proxy.cid) or self._global[server_round]
+        sent = parameters_to_ndarrays(sent_p)
+        names = self._names(len(sent))
+        update = build_update(sent, parameters_to_ndarrays(res.parameters), names, self._param_names,
+                              dict(res.metrics or {}), res.num_examples, self.protocol, self.lr)
+        rec.update(protocol=update.protocol, kind=update.kind, obfuscation=update.obfuscation,
+                   bits_per_parameter=update.stats.get("bits_per_parameter"))
+        view = self._server_view(names, sent, int(res.num_examples))
+        torch.manual_seed(self.seed * 1_000_003 + server_round)
+        result = attack(self.attack_config, view, update)
+        rec["attack_seconds"] = round(time.perf_counter() - t0, 3)
+        hist = [float(v) for v in result.loss_history]
+        rec.update(iterations=len(hist), final_loss=hist[-1] if hist and math.isfinite(hist[-1]) else None,
+                   interrupted=bool(result.info.get("interrupted", False)))
+        truth = self.true_data(cid) if self.true_data is not None else None
+        perm = list(range(result.images.shape[0]))
         if truth is not None:
-            plots.save_grid(torch.as_tensor(truth[0]), matched, self.out / f"{stem}.png",
-                            psnrs=(per_image or {}).get("psnr"),
-                            title=f"round {server_round}, client {cid}: originals over reconstructions")
-        else:  # no originals to show: one row of reconstructions, enlarged 4x
-            from PIL import Image
+            scores = _score(truth, result, self.metric_options)
+            perm = scores.pop("permutation")
+            rec.update(scores)
+        if self.out is not None:
+            rec.update(_save_images(self.out, server_round, cid, result, perm, truth, rec.get("per_image")))
 
-            tiles = [(t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8") for t in matched.float()]
-            h, w = tiles[0].shape[:2]
-            canvas = Image.new("RGB", (len(tiles) * (4 * w + 4) - 4, 4 * h), (255, 255, 255))
-            for i, a in enumerate(tiles):
-                im = Image.fromarray(a if a.shape[2] == 3 else a[..., 0]).convert("RGB")
-                canvas.paste(im.resize((4 * w, 4 * h), Image.NEAREST), (i * (4 * w + 4), 0))
-            with atomic_path(self.out / f"{stem}.png") as tmp:
-                canvas.save(tmp, format="PNG")
-        return {"images": f"{stem}.png", "reconstruction": f"{stem}.pt"}
+    def _server_view(self, names: list[str], sent: list, batch_size: int):
+        from fedleak.server.view import ServerView
+
+        state = {k: v.clone() for k, v in self._ref_state.items()}
+        for k, a in zip(names, sent):
+            state[k] = torch.as_tensor(a).clone().to(state[k].dtype if k in state else torch.float32)
+        return ServerView(model_name=self.model_name, model_kwargs=dict(self.model_kwargs), global_state=state,
+                          image_size=self.image_size, channels=self.channels, num_classes=self.num_classes,
+                          batch_size=batch_size, model_factory=self.model_factory)
 
     def _write(self) -> None:
         if self.out is None:
             return
-        from fedleak.io import write_json
-        from fedleak.experiment.runner import _jsonable
+        from fedleak.io import jsonable, write_json
 
-        write_json(self.out / "audit.json", _jsonable({"attack": self.attack_config,
-                                                       "model": {"name": self.model_name, **self.model_kwargs},
-                                                       "image_size": self.image_size, "records": self.records}))
+        write_json(self.out / "audit.json", jsonable({"attack": self.attack_config,
+                                                      "model": {"name": self.model_name, **self.model_kwargs},
+                                                      "image_size": self.image_size, "records": self.records}))
+
+
+def round_selected(sel: Selector, r: int) -> bool:
+    """Whether round ``r`` is audited under the ``rounds`` selector (see :class:`AuditStrategy`)."""
+    if sel is None:
+        return True
+    if callable(sel):
+        return bool(sel(r))
+    if isinstance(sel, int) and not isinstance(sel, bool):
+        return r == sel
+    return r in set(sel)
+
+
+def pick_clients(keyed: list, k: Union[None, int, float], rng_seed: int) -> list:
+    """The audited results of a round: all (``k`` None), ``k`` of them or the fraction ``k`` (at least one),
+    drawn reproducibly with ``rng_seed`` from ``keyed`` (sorted by client id)."""
+    if k is None:
+        return keyed
+    n = max(1, math.ceil(k * len(keyed))) if isinstance(k, float) else min(int(k), len(keyed))
+    chosen = set(random.Random(rng_seed).sample(range(len(keyed)), n))
+    return [pr for i, pr in enumerate(keyed) if i in chosen]
+
+
+def array_names(count: int, given: Optional[list[str]], state_names: list[str], param_names: list[str]) -> list[str]:
+    """The parameter names of ``count`` Flower ndarrays: ``given``, else the model's state_dict or
+    named_parameters keys, whichever count matches."""
+    if given is not None:
+        if len(given) != count:
+            raise ConfigError(f"param_names has {len(given)} names for {count} arrays")
+        return given
+    if count == len(state_names):
+        return state_names
+    if count == len(param_names):
+        return param_names
+    raise ConfigError(f"{count} arrays, but the model has {len(state_names)} state_dict entries and "
+                      f"{len(param_names)} parameters; pass param_names=")
+
+
+def _skip_reason(num_examples: int, max_batch: int) -> Optional[str]:
+    if num_examples > max_batch:
+        return f"{num_examples} examples > max_batch={max_batch}"
+    if num_examples < 1:
+        return "the client reported no examples"
+    return None
+
+
+def _score(truth, result, metric_options: dict) -> dict:
+    """The record's scores of ``result`` against the client's true ``(images, labels)`` (after the attack)."""
+    from fedleak import metrics as M
+
+    images, labels = truth
+    ev = M.evaluate(images, result, true_labels=labels, **metric_options)
+    mean = ev["mean"]
+    return dict(psnr=mean.get("psnr"), ssim=mean.get("ssim"), ssim_rog=mean.get("ssim_rog"),
+                perceptual=mean.get("perceptual"), label_accuracy=ev.get("label_accuracy"),
+                per_image=ev["per_image"], permutation=ev["permutation"])
+
+
+def _save_row(images: torch.Tensor, path: Path) -> None:
+    """One row of images, enlarged 4x (no originals to show them over)."""
+    from PIL import Image
+
+    from fedleak.io import atomic_path
+
+    tiles = [(t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8") for t in images.float()]
+    h, w = tiles[0].shape[:2]
+    canvas = Image.new("RGB", (len(tiles) * (4 * w + 4) - 4, 4 * h), (255, 255, 255))
+    for i, a in enumerate(tiles):
+        im = Image.fromarray(a if a.shape[2] == 3 else a[..., 0]).convert("RGB")
+        canvas.paste(im.resize((4 * w, 4 * h), Image.NEAREST), (i * (4 * w + 4), 0))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def _save_images(out: Path, server_round: int, cid: str, result, perm, truth, per_image) -> dict:
+    """``round<r>-client<id>.pt`` (the run folders' reconstruction format) and ``.png``; returns their names."""
+    from fedleak.experiment.rundir import save_reconstruction
+    from fedleak.metrics import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cid)
+    stem = f"round{server_round:03d}-client{safe}"
+    save_reconstruction(out / f"{stem}.pt", result, perm)
+    matched = result.images.detach().cpu()[perm]
+    if truth is not None:
+        plots.save_grid(torch.as_tensor(truth[0]), matched, out / f"{stem}.png", psnrs=(per_image or {}).get("psnr"),
+                        title=f"round {server_round}, client {cid}: originals over reconstructions")
+    else:
+        _save_row(matched, out / f"{stem}.png")
+    return {"images": f"{stem}.png", "reconstruction": f"{stem}.pt"}

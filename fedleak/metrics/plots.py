@@ -32,7 +32,7 @@ def _batch(x: Any) -> Sequence:
     return list(x)
 
 
-def _save(fig, path: str | Path, dpi: int = 100) -> None:
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -72,7 +72,7 @@ def save_grid(originals: Any, recs: Any, path: str | Path, psnrs: Optional[Seque
                 ax.set_title(f"{float(values[i]):.2f} dB", fontsize=8, y=-0.16)
     if title:
         fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_loss(history: Sequence[float], path: str | Path, series: Optional[dict] = None,
@@ -102,4 +102,4 @@ def save_loss(history: Sequence[float], path: str | Path, series: Optional[dict]
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fedleak.errors import FedleakError
-from fedleak.io import is_complete, write_text
+from fedleak.io import write_text
 
 REPORT_NAME = "report.html"
 #: embed the image grids of at most this many cells in a sweep page (the rest are linked)
@@ -107,12 +107,7 @@ def _read_text(p: Path) -> Optional[str]:
 
 def _page(title: str, body: list[str]) -> str:
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    try:
-        from importlib.metadata import version
-
-        ver = version("fedleak")
-    except Exception:  # noqa: BLE001 - running from a source tree
-        ver = "?"
+    from fedleak import __version__ as ver
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{_e(title)}</title>\n"
             f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body)
@@ -129,18 +124,13 @@ def _status_banner(complete: bool, what: str, extra: str = "", reason: str = "")
 
 def run_status(folder: Path) -> tuple[bool, str]:
     """(complete, reason if not) for a run folder, through ``runio.check_complete`` when it exists."""
-    from fedleak import io as runio
+    from fedleak.io import check_complete
 
-    check = getattr(runio, "check_complete", None)
-    if check is not None:
-        try:
-            check(folder)
-            return True, ""
-        except FedleakError as e:
-            return False, str(e)
-    if is_complete(folder):
-        return True, ""
-    return False, f"run folder {str(folder)!r} is incomplete (no COMPLETE marker: interrupted, failed or still running)"
+    try:
+        check_complete(folder)
+    except FedleakError as e:
+        return False, str(e)
+    return True, ""
 
 
 def folder_status(folder: Path) -> tuple[str, bool, str]:
@@ -157,16 +147,13 @@ def folder_status(folder: Path) -> tuple[str, bool, str]:
 
 # ------------------------------------------------------------------------------------------ run page
 def _load_originals(cfg: dict, n: int):
-    """Reload the client's images from the resolved config (evaluation only; never given to an attack)."""
-    from fedleak.client.data import load_images
+    """Reload the client's images from the resolved config's ``data`` section, with the same loader and
+    defaults as the run (evaluation only; never given to an attack)."""
+    from fedleak.config.schema import DataConfig
+    from fedleak.experiment.data import load_data
+    from fedleak.options import validate_options
 
-    d = cfg.get("data") or {}
-    data = load_images(d.get("source", "builtin"), int(d.get("size", 32)), d.get("resize", "crop"),
-                       int(d.get("start", 0)), int(d.get("batch_size", 1)))
-    if d.get("subject_only"):
-        from fedleak.client.segmentation import subject_only
-
-        data = subject_only(data, d.get("segmenter", "none"), d.get("sam_checkpoint"))
+    data = load_data(validate_options(DataConfig, cfg.get("data") or {}, "config data"))
     if data.images.shape[0] != n:
         raise FedleakError(f"reloaded {data.images.shape[0]} image(s), the run has {n}")
     return data
