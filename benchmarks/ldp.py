@@ -133,7 +133,7 @@ def run(args) -> dict:
                 row["epsilon"] = priv["epsilon"] if priv else math.inf
                 row["delta"] = priv["delta"] if priv else None
                 if size not in results["structure"]:
-                    results["structure"][size] = mal.server_extra["imprint_report"]
+                    results["structure"][size] = mal.scenario_metrics()["imprint_report"]
                 view = mal.server_view()
                 for name, att in (("ldp-imprint", "ldp-imprint"), ("imprint (same struct.)", "imprint")):
                     t0 = time.perf_counter()

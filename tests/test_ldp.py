@@ -177,7 +177,7 @@ def test_segment_rows_recovers_levels():
 # ------------------------------------------------------------------------------------------ the structure
 def test_structure_keeps_predictions_and_takes_the_budget(attack_cfg):
     case = _case(attack_cfg)
-    rep = case.server_extra["imprint_report"]
+    rep = case.scenario_metrics()["imprint_report"]  # evaluation stage: compares with the true batch
     assert rep["public_prediction_agreement"] == 1.0
     assert rep["client_prediction_agreement"] == 1.0
     assert rep["client_accuracy_planted"] == rep["client_accuracy_original"]
@@ -197,7 +197,7 @@ def test_structure_keeps_predictions_and_takes_the_budget(attack_cfg):
 
 def test_public_data_excludes_evaluation_photos():
     from fedleak.client.data import BUILTIN_PHOTOS
-    from fedleak.server.imprint import public_files
+    from fedleak.server.public import public_files
 
     names = {p.name for p in public_files("auto", exclude_builtin=True)}
     assert names and not names & {f for f, _ in BUILTIN_PHOTOS}
@@ -223,9 +223,13 @@ def test_bad_options_and_missing_structure(attack_cfg, base_config):
         _case(attack_cfg, probes=0)
     with pytest.raises(ConfigError, match="unknown option"):
         _case(attack_cfg, binz=3)
+    with pytest.raises(ConfigError, match="uniform_mix"):
+        _case(attack_cfg, uniform_mix=1.0)
     honest = Case(base_config)
     with pytest.raises(ConfigError, match="malicious-imprint"):
         attack("ldp-imprint", honest.server_view(), honest.client_update())
+    with pytest.raises(ConfigError, match="filter_domain"):
+        attack("ldp-imprint", honest.server_view(), honest.client_update(), filter_domain="fourier")
 
 
 # ----------------------------------------------------------------------------------------------- with noise

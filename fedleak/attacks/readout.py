@@ -38,18 +38,23 @@
     were found (``info['recovered']`` is the number actually found).
 
 Both attacks need ``view.extra['imprint']`` (the layout the server planted) and use only the update, the
-model state the server sent and that layout -- never the client's images.
+model state the server sent and that layout -- never the client's images. Their ``info`` holds only what
+they computed from these.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 
-from fedleak.errors import ConfigError
+from pydantic import Field
+
 from fedleak.attacks import ATTACKS, Reconstruction
+from fedleak.errors import ConfigError
+from fedleak.options import Capabilities, Options, validate_options
 
 DISTRIBUTIONS = ("gaussian", "laplace")
 
@@ -271,11 +276,19 @@ def _mean_image(lay, rows: "_Rows") -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- attacks
-@ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)")
+class ImprintAttackOptions(Options):
+    """Options of ``imprint``."""
+
+    tolerance: float = Field(1e-6, ge=0, allow_inf_nan=False)
+
+
+@ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)",
+                  options=ImprintAttackOptions, caps=Capabilities())
 def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> Reconstruction:
     """Plain readout, ``x = dW / db + shift_i``: for the nested layout ``d`` is the difference of adjacent rows,
     for the window layout the row itself. Every bin with a non-zero bias entry (relative ``tolerance``) is a
     sample; the B with the largest |db| are returned."""
+    tolerance = validate_options(ImprintAttackOptions, {"tolerance": tolerance}, "attack 'imprint'").tolerance
     lay = _layout(view)
     rows_ = _Rows(view, update, lay)
     R, npix = rows_.R, rows_.npix
@@ -299,8 +312,6 @@ def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> R
         img = d[:npix] / db + rows_.shifts[unit]
         cands.append({"image": img, "score": abs(db), "bin": [fam["direction"], j, list(_bin_of(fam, j, lo, hi))]})
     info = {"attack": "imprint", "layout": lay.get("layout", "nested")}
-    if "imprint_report" in (view.extra or {}):
-        info["structure_report"] = view.extra["imprint_report"]
     return _finish(cands, B, shape, _mean_image(lay, rows_), info)
 
 
@@ -334,95 +345,101 @@ def _readout(d: torch.Tensor, s_d: float, blo: float, bhi: float, unit: int, row
     return z / c_hat
 
 
-@ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining")
-def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99, ci_scale: float = 1.0,
-                       segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
-                       wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
-    """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
+class LdpImprintOptions(Options):
+    """Options of ``ldp-imprint`` (see :func:`ldp_imprint_attack`)."""
 
-    ``confidence`` / ``ci_scale``: the coefficient filter's interval (``ci_scale`` also scales the
-    detection interval); ``segment_confidence``: the interval behind the detection / segmentation
-    penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size; ``dedup``: correlation above
-    which two readouts are merged; ``distribution``: auto (estimated) | gaussian | laplace.
-    """
-    if filter_domain not in ("dct", "pixel", "none"):
-        raise ConfigError(f"filter_domain must be dct, pixel or none, got {filter_domain!r}")
-    if distribution not in ("auto",) + DISTRIBUTIONS:
-        raise ConfigError(f"distribution must be auto, gaussian or laplace, got {distribution!r}")
-    for k, v in (("confidence", confidence), ("segment_confidence", segment_confidence)):
-        if not (0 < v < 1):
-            raise ConfigError(f"{k} must be in (0, 1), got {v!r}")
-    if not ci_scale > 0:
-        raise ConfigError(f"ci_scale must be > 0, got {ci_scale!r}")
-    from scipy.special import ndtri
+    confidence: float = Field(0.99, gt=0, lt=1)
+    ci_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+    segment_confidence: float = Field(0.99, gt=0, lt=1)
+    filter_domain: Literal["dct", "pixel", "none"] = "dct"
+    patch: int = Field(8, ge=1)
+    wiener: bool = True
+    dedup: float = 0.95
+    distribution: Literal["auto", "gaussian", "laplace"] = "auto"
 
-    lay = _layout(view)
-    rows_ = _Rows(view, update, lay)
-    R = rows_.R
-    lo, hi = lay["value_range"]
-    shape = tuple(lay["image_shape"])
-    B = int(view.batch_size)
-    D = R.shape[1]
-    window = lay.get("layout") == "window"
 
-    # 1. noise scale and distribution from the probe units (true gradient exactly 0)
-    noise = estimate_noise(R[lay["probes"]])
-    dist = noise["distribution"] if distribution == "auto" else distribution
+@dataclass
+class _Noise:
+    """The noise model used by the readout: the probe fit, the distribution and std used, ``k4`` =
+    Var(e^2) / (2 sigma^4) (1 Gaussian, 2.5 Laplace)."""
+
+    fit: dict
+    dist: str
+    sigma: float
+    k4: float
+
+
+def _noise_model(R: torch.Tensor, lay: dict, distribution: str) -> _Noise:
+    """1. noise scale and distribution from the probe units (true gradient exactly 0)."""
+    fit = estimate_noise(R[lay["probes"]])
+    dist = fit["distribution"] if distribution == "auto" else distribution
     if dist == "none":
         dist = "gaussian"
     fam_rows = torch.cat([R[f["units"]] for f in lay["families"]])
     floor = 1e-6 * float(fam_rows.pow(2).mean().sqrt())  # float rounding when there is no noise at all
-    sigma = max(noise["sigma"], floor)
-    k4 = 2.5 if dist == "laplace" else 1.0  # Var(e^2) / (2 sigma^4)
-    opts = dict(rows=rows_, shape=shape, dist=dist, confidence=confidence, ci_scale=ci_scale,
-                filter_domain=filter_domain, patch=patch, wiener=bool(wiener))
+    return _Noise(fit, dist, max(fit["sigma"], floor), 2.5 if dist == "laplace" else 1.0)
 
-    cands: list[dict] = []
-    for fam in lay["families"]:
-        X = R[fam["units"]]
-        M = X.shape[0]
-        kappa = float(ndtri(1 - (1 - segment_confidence) / max(1, M)))
-        if window:
-            # each row is one bin: it holds a sample iff its energy leaves the chi-square interval of noise
-            thr = 1.0 + ci_scale * kappa * math.sqrt(2 * k4 / D)
-            kappa2 = float(ndtri(1 - (1 - segment_confidence) / max(1, 2 * M)))  # two-sided projection test
-            for j in range(M):
-                d = X[j]
-                energy = float(d.pow(2).sum()) / (sigma**2 * D)
-                # the scale entries (bias + boosted const) concentrate the sample's presence in one number
-                c_obs, f_obs = rows_.scale_obs(d)
-                proj = abs(c_obs) / (f_obs * sigma)
-                if energy <= thr and proj <= ci_scale * kappa2:
-                    continue
-                blo, bhi = _bin_of(fam, j + 1, lo, hi)
-                unit = fam["units"][j]
-                z = _readout(d, sigma, blo, bhi, unit, **opts)
-                if z is not None:
-                    cands.append({"image": z + rows_.shifts[unit], "score": max(energy - 1.0, 0.0) * D + proj**2,
-                                  "bin": [fam["direction"], j + 1, [blo, bhi]], "rows": [1]})
+
+def _window_candidates(fam: dict, X: torch.Tensor, noise: _Noise, o: LdpImprintOptions, rows_: "_Rows",
+                       lo: float, hi: float, ropts: dict) -> list[dict]:
+    """Window layout: each row is one bin; it holds a sample iff its energy leaves the chi-square interval
+    of noise or its scale entries (bias + boosted const) leave the noise interval."""
+    from scipy.special import ndtri
+
+    M, D, sigma = X.shape[0], X.shape[1], noise.sigma
+    kappa = float(ndtri(1 - (1 - o.segment_confidence) / max(1, M)))
+    thr = 1.0 + o.ci_scale * kappa * math.sqrt(2 * noise.k4 / D)
+    kappa2 = float(ndtri(1 - (1 - o.segment_confidence) / max(1, 2 * M)))  # two-sided projection test
+    cands = []
+    for j in range(M):
+        d = X[j]
+        energy = float(d.pow(2).sum()) / (sigma**2 * D)
+        c_obs, f_obs = rows_.scale_obs(d)
+        proj = abs(c_obs) / (f_obs * sigma)
+        if energy <= thr and proj <= o.ci_scale * kappa2:
             continue
-        penalty = sigma**2 * (D + ci_scale * kappa * math.sqrt(2 * D * k4))
-        # 2. combine redundant rows: constant segments, zero beyond the outermost threshold
-        segs, tail = segment_rows(X, penalty)
-        levels = [(X[i:j].mean(0), j - i, i, j) for i, j in segs]
-        levels.append((torch.zeros(D, dtype=torch.float64), math.inf, tail, M))
-        for (m1, n1, _, j1), (m2, n2, _, _) in zip(levels[:-1], levels[1:]):
-            d = m1 - m2
-            vf = 1.0 / n1 + (0.0 if math.isinf(n2) else 1.0 / n2)
-            s_d = sigma * math.sqrt(vf)
-            energy = float(d.pow(2).sum()) / (s_d**2 * D)
-            blo, bhi = _bin_of(fam, j1, lo, hi)
-            unit = fam["units"][j1 - 1]  # nested layout: every row has the same reference image
-            z = _readout(d, s_d, blo, bhi, unit, **opts)
-            if z is not None:
-                cands.append({"image": z + rows_.shifts[unit], "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
-                              "rows": [n1, None if math.isinf(n2) else n2]})
+        blo, bhi = _bin_of(fam, j + 1, lo, hi)
+        unit = fam["units"][j]
+        z = _readout(d, sigma, blo, bhi, unit, **ropts)
+        if z is not None:
+            cands.append({"image": z + rows_.shifts[unit], "score": max(energy - 1.0, 0.0) * D + proj**2,
+                          "bin": [fam["direction"], j + 1, [blo, bhi]], "rows": [1]})
+    return cands
 
-    # 5. de-duplicate: merge readouts that are strongly correlated
+
+def _nested_candidates(fam: dict, X: torch.Tensor, noise: _Noise, o: LdpImprintOptions, rows_: "_Rows",
+                       lo: float, hi: float, ropts: dict) -> list[dict]:
+    """Nested layout: 2. combine redundant rows into constant segments (zero beyond the outermost
+    threshold); a sample is the difference of two adjacent segment means."""
+    from scipy.special import ndtri
+
+    M, D, sigma = X.shape[0], X.shape[1], noise.sigma
+    kappa = float(ndtri(1 - (1 - o.segment_confidence) / max(1, M)))
+    penalty = sigma**2 * (D + o.ci_scale * kappa * math.sqrt(2 * D * noise.k4))
+    segs, tail = segment_rows(X, penalty)
+    levels = [(X[i:j].mean(0), j - i, i, j) for i, j in segs]
+    levels.append((torch.zeros(D, dtype=torch.float64), math.inf, tail, M))
+    cands = []
+    for (m1, n1, _, j1), (m2, n2, _, _) in zip(levels[:-1], levels[1:]):
+        d = m1 - m2
+        vf = 1.0 / n1 + (0.0 if math.isinf(n2) else 1.0 / n2)
+        s_d = sigma * math.sqrt(vf)
+        energy = float(d.pow(2).sum()) / (s_d**2 * D)
+        blo, bhi = _bin_of(fam, j1, lo, hi)
+        unit = fam["units"][j1 - 1]  # nested layout: every row has the same reference image
+        z = _readout(d, s_d, blo, bhi, unit, **ropts)
+        if z is not None:
+            cands.append({"image": z + rows_.shifts[unit], "score": energy, "bin": [fam["direction"], j1, [blo, bhi]],
+                          "rows": [n1, None if math.isinf(n2) else n2]})
+    return cands
+
+
+def _deduplicate(cands: list[dict], mean_img: torch.Tensor, dedup: float) -> tuple[list[dict], int]:
+    """5. merge readouts whose correlation (relative to the public mean image) exceeds ``dedup``
+    (SNR-weighted); returns the kept candidates and the number merged."""
     merged = 0
     keep: list[dict] = []
-    mean_img = _mean_image(lay, rows_)
-    for c in cands:  # compare readouts relative to the public mean image
+    for c in cands:
         c["centred"] = c["image"] - mean_img
     for c in sorted(cands, key=lambda c: -c["score"]):
         dup = None
@@ -440,9 +457,38 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99,
             dup["image"] = dup["centred"] + mean_img
             dup["score"] = w1 + w2
             merged += 1
-    info = {"attack": "ldp-imprint", "layout": lay.get("layout", "nested"), "noise": noise,
-            "distribution_used": dist, "sigma_used": sigma, "candidates": len(cands), "merged_duplicates": merged,
-            "filter_domain": filter_domain, "confidence": confidence, "ci_scale": ci_scale}
-    if "imprint_report" in (view.extra or {}):
-        info["structure_report"] = view.extra["imprint_report"]
-    return _finish(keep, B, shape, mean_img, info)
+    return keep, merged
+
+
+@ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining",
+                  options=LdpImprintOptions, caps=Capabilities())
+def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99, ci_scale: float = 1.0,
+                       segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
+                       wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
+    """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
+
+    ``confidence`` / ``ci_scale``: the coefficient filter's interval (``ci_scale`` also scales the
+    detection interval); ``segment_confidence``: the interval behind the detection / segmentation
+    penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size; ``dedup``: correlation above
+    which two readouts are merged; ``distribution``: auto (estimated) | gaussian | laplace.
+    """
+    o = validate_options(LdpImprintOptions, dict(
+        confidence=confidence, ci_scale=ci_scale, segment_confidence=segment_confidence, filter_domain=filter_domain,
+        patch=patch, wiener=wiener, dedup=dedup, distribution=distribution), "attack 'ldp-imprint'")
+    lay = _layout(view)
+    rows_ = _Rows(view, update, lay)
+    lo, hi = lay["value_range"]
+    noise = _noise_model(rows_.R, lay, o.distribution)
+    ropts = dict(rows=rows_, shape=tuple(lay["image_shape"]), dist=noise.dist, confidence=o.confidence,
+                 ci_scale=o.ci_scale, filter_domain=o.filter_domain, patch=o.patch, wiener=bool(o.wiener))
+    per_family = _window_candidates if lay.get("layout") == "window" else _nested_candidates
+    cands: list[dict] = []
+    for fam in lay["families"]:
+        cands += per_family(fam, rows_.R[fam["units"]], noise, o, rows_, lo, hi, ropts)
+    mean_img = _mean_image(lay, rows_)
+    keep, merged = _deduplicate(cands, mean_img, o.dedup)
+    info = {"attack": "ldp-imprint", "layout": lay.get("layout", "nested"), "noise": noise.fit,
+            "distribution_used": noise.dist, "sigma_used": noise.sigma, "candidates": len(cands),
+            "merged_duplicates": merged, "filter_domain": o.filter_domain, "confidence": o.confidence,
+            "ci_scale": o.ci_scale}
+    return _finish(keep, int(view.batch_size), tuple(lay["image_shape"]), mean_img, info)

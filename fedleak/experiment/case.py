@@ -3,6 +3,10 @@
 >>> case = Case({"data": {"size": 32}, "model": {"name": "lenet"}})
 >>> update = case.client_update()        # what the server receives
 >>> view = case.server_view()            # what the server knows (no images)
+>>> case.scenario_metrics()              # evaluation only: the scenario's model vs the true batch
+
+The server scenario (``server:``) is applied at construction and sees only a
+:class:`~fedleak.server.scenarios.ServerContext`, never the images or labels.
 """
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ from torch import nn
 from fedleak.config.schema import RunConfig, load_config, validate
 from fedleak.client.data import ImageSet, load_images
 from fedleak.errors import ConfigError
-from fedleak.client.models import build_model
+from fedleak.client.models import build_model, model_kwargs
 from fedleak.client.obfuscations import ObfContext, build_pipeline
 from fedleak.client.protocols import buffer_dict, fedavg, fedsgd, param_dict
 from fedleak.client.update import Update
+from fedleak.server.scenarios import SCENARIOS, ServerContext, build_scenario
 from fedleak.server.view import ServerView
 
 
@@ -55,21 +60,33 @@ class Case:
                 f"label {int(self.data.labels.max())} does not fit model.num_classes={n_cls}; raise num_classes"
             )
         self.pipeline = build_pipeline(cfg.obfuscation)
-        self.model_kwargs = dict(
-            num_classes=n_cls,
-            image_size=d.size,
-            width=cfg.model.width,
-            activation=cfg.model.activation,
-            seed=cfg.model.seed if cfg.model.seed is not None else cfg.seed,
-            **cfg.model.options,
+        self.model_kwargs = model_kwargs(cfg.model, d.size, cfg.seed)
+        base: nn.Module = build_model(cfg.model.name, **self.model_kwargs)
+        # ---- the server's side: the scenario sees the context only (no images, no labels) ----------
+        self.server_context = ServerContext(
+            model=base, model_name=cfg.model.name, model_kwargs=dict(self.model_kwargs),
+            channels=int(self.data.images.shape[1]), image_size=d.size, num_classes=n_cls,
+            exclude_builtin=d.source == "builtin",  # never use the evaluation photos as public data
         )
-        self.model: nn.Module = build_model(cfg.model.name, **self.model_kwargs)
-        self.model_factory = None
-        self.server_extra: dict[str, Any] = {}
+        self.scenario = build_scenario(cfg.server)
+        self.sent = self.scenario.send(self.server_context)
+        self.model: nn.Module = self.sent.model
         self._update: Optional[Update] = None
-        from fedleak.server.scenarios import apply_scenario
 
-        apply_scenario(self, cfg.server)
+    @property
+    def model_factory(self):
+        return self.sent.model_factory
+
+    @property
+    def server_extra(self) -> dict[str, Any]:
+        """Server-side knowledge the scenario hands to the attacks (``ServerView.extra``)."""
+        return self.sent.extra
+
+    def scenario_metrics(self) -> dict[str, Any]:
+        """Evaluation of the server scenario against the true batch (e.g. the imprint report: loss / accuracy /
+        prediction agreement of the original vs the planted model). For metrics.json only, never for attacks."""
+        return {"scenario": SCENARIOS.resolve(self.config.server["name"]), **self.scenario.evaluate(
+            self.server_context, self.sent, self.images, self.labels)}
 
     @property
     def images(self) -> torch.Tensor:
@@ -142,8 +159,8 @@ class Case:
             channels=int(self.images.shape[1]),
             num_classes=self.config.model.num_classes,
             batch_size=int(self.images.shape[0]),
-            model_factory=self.model_factory,
-            extra=dict(self.server_extra),
+            model_factory=self.sent.model_factory,
+            extra=dict(self.sent.extra),
         )
 
 

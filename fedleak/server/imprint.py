@@ -33,100 +33,34 @@ coefficient of the luminance, or the brightness of a centre "subject" region) ag
   (4) the centring ``shift`` removes the common mean image from the rows (norm ~2x smaller, and the
   samples stacked in a row no longer add up coherently). With a balanced sign vector r and a near-uniform
   softmax, ``|c_n| ~ gain`` for every sample. The fraction of the squared gradient norm that lands in the
-  structure is measured on a public batch and reported (``server_extra['imprint_report']``).
+  structure is measured on a public batch at evaluation time (:func:`imprint_report`).
 
-``server_extra['imprint']`` is the layout the attacks read (parameter names, unit indices per family,
-thresholds, probe units, the buffers holding ``a`` and ``shift``); ``server_extra['imprint_report']``
-reports the clean loss / accuracy / prediction agreement of the original vs the planted model on the
-client batch (simulation bookkeeping only: attacks do not use it) and on public crops.
+The scenario sees only the :class:`~fedleak.server.scenarios.ServerContext` (the model, the declared shape,
+public data). ``ServerView.extra['imprint']`` is the layout the attacks read (parameter names, unit indices per
+family, thresholds, probe units, the buffers holding ``a`` and ``shift``). :meth:`MaliciousImprint.evaluate`
+(called through ``Case.scenario_metrics()`` after the attack) reports the clean loss / accuracy / prediction
+agreement of the original vs the planted model on the client batch and on public crops; attacks never see it.
 """
 from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydantic import Field
+
 from fedleak.errors import ConfigError
-from fedleak.server.scenarios import SCENARIOS
+from fedleak.options import Options
+from fedleak.server.public import PUBLIC_EXTRA, public_crops, public_files  # noqa: F401  (public names)
+from fedleak.server.scenarios import SCENARIOS, SentModel, ServerContext
 
 CHARACTERISTICS = ("brightness", "dct", "subject-brightness")
 LAYOUTS = ("window", "nested")
-
-#: photos bundled with scikit-image that are *not* in the ``builtin`` evaluation set (data.BUILTIN_PHOTOS)
-PUBLIC_EXTRA = [
-    "camera.png", "coins.png", "moon.png", "page.png", "text.png", "brick.png", "grass.png", "gravel.png",
-    "cell.png", "clock_motion.png", "motorcycle_right.png", "horse.png", "logo.png", "color.png",
-    "microaneurysms.png", "phantom.png",
-]
-
-
-# ------------------------------------------------------------------------------------------ public data
-def _load_public_photo(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    from fedleak.client.data import to_rgb_array
-
-    with Image.open(path) as img:
-        img.load()
-        return to_rgb_array(img, str(path))
-
-
-def public_files(public: str = "auto", exclude_builtin: bool = True) -> list[Path]:
-    """Public photos: bundled scikit-image photos (``auto``), minus the ``builtin`` evaluation photos when
-    ``exclude_builtin``; or every image file in a folder."""
-    from fedleak.client.data import BUILTIN_PHOTOS, IMAGE_EXTS, builtin_dir
-
-    if public == "auto":
-        root = builtin_dir()
-        names = list(PUBLIC_EXTRA)
-        if not exclude_builtin:
-            names += [f for f, _ in BUILTIN_PHOTOS]
-        files = [root / n for n in names if (root / n).is_file()]
-    else:
-        root = Path(public).expanduser()
-        if not root.is_dir():
-            raise ConfigError(f"public data folder {str(root)!r} does not exist")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise ConfigError(f"no public images found for public={public!r}")
-    return files
-
-
-def public_crops(size: int, count: int, seed: int = 0, public: str = "auto",
-                 exclude_builtin: bool = True, min_frac: float = 0.3) -> torch.Tensor:
-    """``count`` random square crops (side 30..100 % of the shorter side, random flips) of the public
-    photos, resized to ``size`` -> (count, 3, size, size) in [0, 1]. Deterministic in its arguments (cached)."""
-    return _public_crops(int(size), int(count), int(seed), str(public), bool(exclude_builtin), float(min_frac)).clone()
-
-
-@functools.lru_cache(maxsize=8)
-def _public_crops(size: int, count: int, seed: int, public: str, exclude_builtin: bool, min_frac: float
-                  ) -> torch.Tensor:
-    from PIL import Image
-
-    files = public_files(public, exclude_builtin)
-    photos = [_load_public_photo(f) for f in files]
-    rng = np.random.default_rng(seed)
-    out = np.empty((count, size, size, 3), np.float32)
-    for i in range(count):
-        arr = photos[i % len(photos)]
-        h, w = arr.shape[:2]
-        side = int(rng.uniform(min_frac, 1.0) * min(h, w))
-        side = max(1, side)
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = arr[y:y + side, x:x + side]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        img = Image.fromarray(np.clip(crop * 255 + 0.5, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        out[i] = np.asarray(img, np.float32) / 255.0
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
 
 # ------------------------------------------------------------------------------------- characteristics
 def dct_basis(size: int, u: int, v: int) -> torch.Tensor:
@@ -266,180 +200,198 @@ def structure_budget_fraction(model: ImprintedModel, x: torch.Tensor, y: torch.T
     return imp / tot if tot > 0 else float("nan")
 
 
-@SCENARIOS.register("malicious-imprint", doc="plant an imprint inference structure (bins + zero-gradient probes)")
-class MaliciousImprint:
-    """Malicious server: wraps the model with an imprint structure (see :mod:`fedleak.imprint`).
+class ImprintOptions(Options):
+    """Options of ``malicious-imprint`` (see :class:`MaliciousImprint`)."""
 
-    Options: ``bins`` (K units), ``layout`` (window | nested), ``characteristic`` (brightness | dct |
-    subject-brightness), ``dct_index`` (u, v for ``dct``), ``probes`` (P zero-gradient units),
-    ``two_sided`` (nested layout only), ``public`` (``auto``: bundled scikit-image photos, or a folder),
+    bins: int = Field(128, ge=2)
+    layout: Literal["window", "nested"] = "window"
+    characteristic: Literal["brightness", "dct", "subject-brightness"] = "brightness"
+    dct_index: tuple[int, int] = (0, 1)
+    probes: int = Field(4, ge=1, description="zero-gradient units (the noise estimate needs them)")
+    two_sided: bool = True
+    public: str = "auto"
+    public_count: int = Field(512, ge=16)
+    uniform_mix: float = Field(0.15, ge=0, lt=1)
+    downstream_scale: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    gain: float = Field(1.0, gt=0, allow_inf_nan=False)
+    eps: float = Field(1e-9, gt=0, allow_inf_nan=False)
+    kappa: float = Field(1e4, gt=1, allow_inf_nan=False)
+    bias_boost: Optional[float] = Field(None, ge=0, lt=1e6)
+    bin_reference: bool = True
+    centre: bool = True
+    seed: int = 0
+
+
+def _units(up: list[float], low: list[float], probes: int, two_sided: bool, lo: float, hi: float
+           ) -> list[tuple[int, float]]:
+    """(direction, threshold) of every unit: the bins, then the probes -- thresholds outside [lo, hi], so they
+    never fire and their true gradient is exactly 0."""
+    span = hi - lo
+    n_up_probes = probes - probes // 2 if two_sided else probes
+    n_lo_probes = probes - n_up_probes
+    units = [(+1, t) for t in up] + [(-1, t) for t in low]
+    return units + [(+1, hi + span * (1 + j)) for j in range(n_up_probes)] + \
+        [(-1, lo - span * (1 + j)) for j in range(n_lo_probes)]
+
+
+def _reference_images(o: ImprintOptions, flat: torch.Tensor, values: torch.Tensor, up: list[float], hi: float,
+                      units: int, window: bool) -> torch.Tensor:
+    """Reference image of every unit: the public mean (nested layout: rows mix samples of many bins), or for
+    the window layout the public image regressed on the characteristic at the bin centre,
+    ``mu + (v_i - mean v) beta``, so that each row carries only what the characteristic does not explain."""
+    mu = flat.mean(0)
+    if not o.centre:
+        return torch.zeros(units, mu.numel(), dtype=torch.float64)
+    shifts = mu[None].repeat(units, 1)
+    if window and o.bin_reference:
+        vc = values - values.mean()
+        beta = (vc[:, None] * (flat - mu)).sum(0) / (vc @ vc).clamp(min=1e-12)
+        edges = list(up) + [hi]
+        for i in range(len(up)):
+            lo_i = max(edges[i], float(values.min())) if i == 0 else edges[i]
+            centre = (lo_i + min(edges[i + 1], float(values.max()) if i == len(up) - 1 else edges[i + 1])) / 2
+            shifts[i] = mu + (centre - float(values.mean())) * beta
+    return shifts
+
+
+def _set_weights(model: ImprintedModel, o: ImprintOptions, a: torch.Tensor, units: list[tuple[int, float]],
+                 shifts: torch.Tensor, boost: float, span: float, n_window: int) -> torch.Tensor:
+    """Write the structure into ``model``; returns the value offsets ``a . shifts_i``."""
+    U, num_classes = len(units), model.readout.out_features
+    offsets = shifts @ a  # a . (x - shifts_i) = v - offsets_i
+    dirs = torch.tensor([d for d, _ in units], dtype=torch.float64)
+    ts = torch.tensor([t for _, t in units], dtype=torch.float64)
+    eps = o.eps / max(span, 1e-12)
+    g = torch.Generator().manual_seed(o.seed + 17)
+    r = torch.ones(num_classes, dtype=torch.float64)
+    r[torch.randperm(num_classes, generator=g)[: num_classes // 2]] = -1.0
+    with torch.no_grad():
+        w = torch.zeros(U, a.numel() + 1, dtype=torch.float64)
+        w[:, :-1] = eps * dirs[:, None] * a[None, :]
+        model.imprint.weight.copy_(w.float())
+        model.imprint.bias.copy_((-eps * dirs * (ts - offsets)).float())
+        model.const.fill_(boost)
+        model.readout.weight.copy_((o.gain * r[:, None]).expand(num_classes, U).float())
+        model.shifts.copy_(shifts.float())
+        model.direction.copy_(a.float())
+        model.downstream_scale.fill_(o.downstream_scale)
+        if model.window is not None:  # g_i = relu(h_i - kappa h_{i+1}): unit i is active only inside bin i
+            Q = torch.eye(U)
+            for i in range(n_window - 1):
+                Q[i, i + 1] = -o.kappa
+            model.window.weight.copy_(Q)
+    return offsets
+
+
+def _layout(o: ImprintOptions, shape: Sequence[int], a, offsets, lo, hi, up, low, units: int, mu, boost,
+            window: bool) -> dict[str, Any]:
+    """The layout handed to the attacks (``ServerView.extra['imprint']``)."""
+    n_up, n_low = len(up), len(low)
+    families = [{"direction": +1, "units": list(range(n_up)), "thresholds": up}]
+    if n_low:
+        families.append({"direction": -1, "units": list(range(n_up, n_up + n_low)), "thresholds": low})
+    return {
+        "version": 1,
+        "layout": o.layout,
+        "weight": "imprint.weight",
+        "bias": "imprint.bias",
+        "shift": "shifts",  # (units, pixels) reference image of every unit
+        "direction": "direction",
+        "image_shape": list(shape),
+        "characteristic": o.characteristic,
+        "pixels": int(a.numel()),  # weight columns 0 .. pixels-1: x - shifts_i; column `pixels`: const
+        "const": boost,
+        "value_offsets": offsets.tolist(),  # a . (x - shifts_i) = v - value_offsets[i]
+        "value_range": [lo, hi],
+        "families": families,
+        "probes": list(range(n_up + n_low, units)),
+        "public_mean": mu.float().tolist(),
+        "bins": o.bins,
+        "kappa": o.kappa if window else None,
+    }
+
+
+@SCENARIOS.register("malicious-imprint", doc="plant an imprint inference structure (bins + zero-gradient probes)",
+                    options=ImprintOptions)
+class MaliciousImprint:
+    """Malicious server: wraps the model with an imprint structure (see :mod:`fedleak.server.imprint`).
+
+    Options (:class:`ImprintOptions`): ``bins`` (K units), ``layout`` (window | nested), ``characteristic``
+    (brightness | dct | subject-brightness), ``dct_index`` (u, v for ``dct``), ``probes`` (P zero-gradient
+    units), ``two_sided`` (nested layout only), ``public`` (``auto``: bundled scikit-image photos, or a folder),
     ``public_count`` (random crops), ``uniform_mix``, ``downstream_scale`` (s), ``gain`` (|readout|
     entries), ``eps`` (pre-activation scale), ``kappa`` (window cut-off slope), ``bias_boost`` (the
     constant input feature; null = 4 sqrt(d / 3072)), ``bin_reference`` (window layout: per-bin reference
     images), ``centre`` (False: no centring at all, as in Robbing the Fed), ``seed``.
     """
 
-    def __init__(self, bins: int = 128, layout: str = "window", characteristic: str = "brightness",
-                 dct_index: Sequence[int] = (0, 1), probes: int = 4, two_sided: bool = True, public: str = "auto",
-                 public_count: int = 512, uniform_mix: float = 0.15, downstream_scale: float = 1e-3,
-                 gain: float = 1.0, eps: float = 1e-9, kappa: float = 1e4, bias_boost: Optional[float] = None,
-                 bin_reference: bool = True, centre: bool = True, seed: int = 0):
-        if not isinstance(bins, int) or bins < 2:
-            raise ConfigError(f"bins must be an integer >= 2, got {bins!r}")
-        if layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-        if not isinstance(probes, int) or probes < 1:
-            raise ConfigError(f"probes must be an integer >= 1 (the noise estimate needs them), got {probes!r}")
-        if characteristic not in CHARACTERISTICS:
-            raise ConfigError(f"unknown characteristic {characteristic!r}; valid: {', '.join(CHARACTERISTICS)}")
-        if not (0 <= uniform_mix < 1):
-            raise ConfigError(f"uniform_mix must be in [0, 1), got {uniform_mix!r}")
-        for k, v in (("downstream_scale", downstream_scale), ("gain", gain), ("eps", eps)):
-            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-                raise ConfigError(f"{k} must be a positive number, got {v!r}")
-        if bias_boost is not None and not (isinstance(bias_boost, (int, float)) and 0 <= bias_boost < 1e6):
-            raise ConfigError(f"bias_boost must be a number >= 0 or null (auto), got {bias_boost!r}")
-        if not (isinstance(kappa, (int, float)) and kappa > 1 and math.isfinite(kappa)):
-            raise ConfigError(f"kappa must be a number > 1, got {kappa!r}")
-        if not isinstance(public_count, int) or public_count < 16:
-            raise ConfigError(f"public_count must be an integer >= 16, got {public_count!r}")
-        self.bins, self.layout, self.characteristic = bins, layout, characteristic
-        self.dct_index = tuple(int(i) for i in dct_index)
-        self.probes, self.two_sided, self.public, self.public_count = probes, bool(two_sided), public, public_count
-        self.uniform_mix, self.downstream_scale, self.gain, self.eps = (float(uniform_mix), float(downstream_scale),
-                                                                        float(gain), float(eps))
-        self.kappa, self.seed = float(kappa), int(seed)
-        self.bias_boost = None if bias_boost is None else float(bias_boost)
-        self.bin_reference, self.centre = bool(bin_reference), bool(centre)
+    def __init__(self, options: Optional[ImprintOptions] = None):
+        self.options = options or ImprintOptions()
 
-    # -------------------------------------------------------------------------------------------------
-    def build(self, base: nn.Module, channels: int, size: int, num_classes: int, exclude_builtin: bool = True
-              ) -> tuple[ImprintedModel, dict, torch.Tensor]:
-        """The planted model, its layout (for ``server_extra['imprint']``) and the public crops used."""
-        crops = public_crops(size, self.public_count, self.seed, self.public, exclude_builtin)
-        if channels != 3:
-            crops = crops.mean(1, keepdim=True).expand(-1, channels, -1, -1).contiguous()
-        region = subject_region(size, crops) if self.characteristic == "subject-brightness" else None
-        a = characteristic_vector(self.characteristic, channels, size, self.dct_index, region)
+    def build(self, base: nn.Module, crops: torch.Tensor, num_classes: int) -> tuple[ImprintedModel, dict]:
+        """The planted model and its layout, from the public ``crops`` (N, C, S, S) only."""
+        o = self.options
+        channels, size = int(crops.shape[1]), int(crops.shape[-1])
+        region = subject_region(size, crops) if o.characteristic == "subject-brightness" else None
+        a = characteristic_vector(o.characteristic, channels, size, o.dct_index, region)
         lo, hi = attainable_range(a)
         flat = crops.reshape(crops.shape[0], -1).double()
         values = flat @ a
-        window = self.layout == "window"
-        two_sided = self.two_sided and not window
-        up, low = bin_thresholds(values, self.bins, lo, hi, self.uniform_mix, two_sided)
-        span = hi - lo
-        # probes: thresholds outside [lo, hi] -> they never fire, their true gradient is exactly 0
-        n_up_probes = self.probes - self.probes // 2 if two_sided else self.probes
-        n_lo_probes = self.probes - n_up_probes
-        units: list[tuple[int, float]] = [(+1, t) for t in up] + [(-1, t) for t in low]
-        probe_units = [(+1, hi + span * (1 + j)) for j in range(n_up_probes)] + \
-                      [(-1, lo - span * (1 + j)) for j in range(n_lo_probes)]
-        all_units = units + probe_units
-        U = len(all_units)
-        model = ImprintedModel(base, (channels, size, size), U, num_classes, window=window)
-        mu = flat.mean(0)
-        # reference images: the public mean (nested layout: rows mix samples of many bins), or for the window
-        # layout the public image regressed on the characteristic at the bin centre, mu + (v_i - mean v) beta,
-        # so that each row carries only what the characteristic does not explain (smaller norm)
-        shifts = mu[None].repeat(len(all_units), 1) if self.centre else torch.zeros(len(all_units), mu.numel(),
-                                                                                     dtype=torch.float64)
-        if window and self.bin_reference and self.centre:
-            vc = values - values.mean()
-            beta = (vc[:, None] * (flat - mu)).sum(0) / (vc @ vc).clamp(min=1e-12)
-            edges = list(up) + [hi]
-            for i in range(len(up)):
-                lo_i = max(edges[i], float(values.min())) if i == 0 else edges[i]
-                centre = (lo_i + min(edges[i + 1], float(values.max()) if i == len(up) - 1 else edges[i + 1])) / 2
-                shifts[i] = mu + (centre - float(values.mean())) * beta
-        offsets = shifts @ a  # a . (x - shifts_i) = v - offsets_i
+        window = o.layout == "window"
+        two_sided = o.two_sided and not window
+        up, low = bin_thresholds(values, o.bins, lo, hi, o.uniform_mix, two_sided)
+        units = _units(up, low, o.probes, two_sided, lo, hi)
+        model = ImprintedModel(base, (channels, size, size), len(units), num_classes, window=window)
+        shifts = _reference_images(o, flat, values, up, hi, len(units), window)
         # constant feature: 4 at 32x32, growing like the image norm (sqrt of the pixel count)
-        boost = self.bias_boost if self.bias_boost is not None else 4.0 * math.sqrt(a.numel() / 3072.0)
-        dirs = torch.tensor([d for d, _ in all_units], dtype=torch.float64)
-        ts = torch.tensor([t for _, t in all_units], dtype=torch.float64)
-        eps = self.eps / max(span, 1e-12)
-        g = torch.Generator().manual_seed(self.seed + 17)
-        r = torch.ones(num_classes, dtype=torch.float64)
-        r[torch.randperm(num_classes, generator=g)[: num_classes // 2]] = -1.0
-        with torch.no_grad():
-            w = torch.zeros(U, a.numel() + 1, dtype=torch.float64)
-            w[:, :-1] = eps * dirs[:, None] * a[None, :]
-            model.imprint.weight.copy_(w.float())
-            model.imprint.bias.copy_((-eps * dirs * (ts - offsets)).float())
-            model.const.fill_(boost)
-            model.readout.weight.copy_((self.gain * r[:, None]).expand(num_classes, U).float())
-            model.shifts.copy_(shifts.float())
-            model.direction.copy_(a.float())
-            model.downstream_scale.fill_(self.downstream_scale)
-            if window:  # g_i = relu(h_i - kappa h_{i+1}): unit i is active only inside bin i (+ a 1/kappa tail)
-                Q = torch.eye(U)
-                for i in range(len(up) - 1):
-                    Q[i, i + 1] = -self.kappa
-                model.window.weight.copy_(Q)
-        n_up, n_low = len(up), len(low)
-        families = [{"direction": +1, "units": list(range(n_up)), "thresholds": up}]
-        if n_low:
-            families.append({"direction": -1, "units": list(range(n_up, n_up + n_low)), "thresholds": low})
-        layout = {
-            "version": 1,
-            "layout": self.layout,
-            "weight": "imprint.weight",
-            "bias": "imprint.bias",
-            "shift": "shifts",  # (units, pixels) reference image of every unit
-            "direction": "direction",
-            "image_shape": [channels, size, size],
-            "characteristic": self.characteristic,
-            "pixels": int(a.numel()),  # weight columns 0 .. pixels-1: x - shifts_i; column `pixels`: const
-            "const": boost,
-            "value_offsets": offsets.tolist(),  # a . (x - shifts_i) = v - value_offsets[i]
-            "value_range": [lo, hi],
-            "families": families,
-            "probes": list(range(n_up + n_low, U)),
-            "public_mean": mu.float().tolist(),
-            "bins": self.bins,
-            "kappa": self.kappa if window else None,
-        }
-        return model, layout, crops
+        boost = o.bias_boost if o.bias_boost is not None else 4.0 * math.sqrt(a.numel() / 3072.0)
+        offsets = _set_weights(model, o, a, units, shifts, boost, hi - lo, len(up))
+        layout = _layout(o, (channels, size, size), a, offsets, lo, hi, up, low, len(units), flat.mean(0), boost,
+                         window)
+        return model, layout
 
-    def apply(self, case) -> None:
-        cfg = case.config
-        channels, size = int(case.images.shape[1]), int(cfg.data.size)
-        n_cls = int(cfg.model.num_classes)
-        base = case.model
-        exclude = cfg.data.source == "builtin"  # never use the evaluation photos as public data
-        model, layout, crops = self.build(base, channels, size, n_cls, exclude_builtin=exclude)
-        case.model = model
-        case.model_factory = functools.partial(build_imprinted, cfg.model.name, dict(case.model_kwargs),
-                                               (channels, size, size), model.imprint.out_features, n_cls,
-                                               model.window is not None)
-        case.server_extra["imprint"] = layout
-        case.server_extra["imprint_report"] = self.report(base, model, case.images, case.labels, crops, n_cls)
+    def _crops(self, ctx: ServerContext) -> torch.Tensor:
+        return ctx.public_crops(self.options.public_count, self.options.seed, self.options.public)
 
-    def report(self, base, model, x, y, crops, n_cls) -> dict[str, Any]:
-        """How much the structure changes the model (evaluation bookkeeping; attacks must not use it)."""
-        base.eval()
-        model.eval()
-        l0, a0, p0 = _loss_acc(base, x, y)
-        l1, a1, p1 = _loss_acc(model, x, y)
-        pub = crops[: min(64, crops.shape[0])]
-        with torch.no_grad():
-            q0, q1 = base(pub).argmax(1), model(pub).argmax(1)
-        gen = torch.Generator().manual_seed(self.seed + 5)
-        yb = torch.randint(0, n_cls, (x.shape[0],), generator=gen)
-        frac = structure_budget_fraction(model, pub[: x.shape[0]], yb)
-        n_struct = model.imprint.weight.numel() + model.imprint.bias.numel()
-        n_read = model.readout.weight.numel()
-        n_base = sum(p.numel() for p in base.parameters())
-        model.train()
-        return {
-            "client_loss_original": l0,
-            "client_loss_planted": l1,
-            "client_accuracy_original": a0,
-            "client_accuracy_planted": a1,
-            "client_prediction_agreement": float((p0 == p1).float().mean()),
-            "public_prediction_agreement": float((q0 == q1).float().mean()),
-            "public_structure_gradient_share": frac,
-            "structure_parameters": n_struct,
-            "readout_parameters": n_read,
-            "original_parameters": n_base,
-            "note": "loss/accuracy on the client batch are simulation bookkeeping; attacks do not read them",
-        }
+    def send(self, ctx: ServerContext) -> SentModel:
+        model, layout = self.build(ctx.model, self._crops(ctx), ctx.num_classes)
+        factory = functools.partial(build_imprinted, ctx.model_name, dict(ctx.model_kwargs), ctx.image_shape,
+                                    model.imprint.out_features, ctx.num_classes, model.window is not None)
+        return SentModel(model=model, model_factory=factory, extra={"imprint": layout})
+
+    def evaluate(self, ctx: ServerContext, sent: SentModel, images: torch.Tensor, labels: torch.Tensor
+                 ) -> dict[str, Any]:
+        """``{'imprint_report': ...}``: how much the structure changes the model (evaluation only)."""
+        return {"imprint_report": imprint_report(ctx.model, sent.model, images, labels, self._crops(ctx),
+                                                 ctx.num_classes, self.options.seed)}
+
+
+def imprint_report(base: nn.Module, model: ImprintedModel, x: torch.Tensor, y: torch.Tensor, crops: torch.Tensor,
+                   n_cls: int, seed: int = 0) -> dict[str, Any]:
+    """Clean loss / accuracy / prediction agreement of the original vs the planted model on the true batch
+    ``(x, y)`` and on public crops, and the structure's share of the gradient norm on a public batch with
+    random labels. Evaluation bookkeeping: compares with the true data, so never given to an attack."""
+    was_training = model.training
+    model.eval()
+    base.eval()
+    l0, a0, p0 = _loss_acc(base, x, y)
+    l1, a1, p1 = _loss_acc(model, x, y)
+    pub = crops[: min(64, crops.shape[0])]
+    with torch.no_grad():
+        q0, q1 = base(pub).argmax(1), model(pub).argmax(1)
+    gen = torch.Generator().manual_seed(seed + 5)
+    yb = torch.randint(0, n_cls, (x.shape[0],), generator=gen)
+    frac = structure_budget_fraction(model, pub[: x.shape[0]], yb)
+    model.train(was_training)
+    return {
+        "client_loss_original": l0,
+        "client_loss_planted": l1,
+        "client_accuracy_original": a0,
+        "client_accuracy_planted": a1,
+        "client_prediction_agreement": float((p0 == p1).float().mean()),
+        "public_prediction_agreement": float((q0 == q1).float().mean()),
+        "public_structure_gradient_share": frac,
+        "structure_parameters": model.imprint.weight.numel() + model.imprint.bias.numel(),
+        "readout_parameters": model.readout.weight.numel(),
+        "original_parameters": sum(p.numel() for p in base.parameters()),
+    }
