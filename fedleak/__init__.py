@@ -14,12 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("fedleak")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.1.0"
+from fedleak.version import __version__
 
 # public name -> (module, attribute)
 _LAZY = {

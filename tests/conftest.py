@@ -72,8 +72,10 @@ def _register_grey():
 
     if GREY_ATTACK not in ATTACKS:
 
-        @ATTACKS.register(GREY_ATTACK, doc="test attack: grey images (fast)")
-        def _grey(view, update, callback=None):
+        from fedleak.options import NoOptions
+
+        @ATTACKS.register(GREY_ATTACK, doc="test attack: grey images (fast)", options=NoOptions)
+        def _grey(view, update, options, callback=None):
             return Reconstruction(images=torch.full((view.batch_size, *view.image_shape), 0.5), loss_history=[1.0])
 
 

@@ -12,9 +12,16 @@ FAKE = "test-fake-api"
 
 if FAKE not in ATTACKS:
 
-    @ATTACKS.register(FAKE, doc="test attack: a deterministic function of the update only")
-    def _fake(view, update, callback=None, iterations=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
+    from fedleak.options import Options
+
+    class _FakeOptions(Options):
+        iterations: int = 3
+        seed: int = 0
+
+    @ATTACKS.register(FAKE, doc="test attack: a deterministic function of the update only", options=_FakeOptions)
+    def _fake(view, update, options, callback=None):
+        iterations = options.iterations
+        g = torch.Generator().manual_seed(options.seed)
         x = torch.rand(view.batch_size, *view.image_shape, generator=g)
         first = next(iter(update.tensors.values())).flatten()
         x = (x + first[: x.numel()].sum()).remainder(1.0)  # depends on the update, not on the images

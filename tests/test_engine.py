@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from fedleak.attacks import ATTACKS, UncheckedOptions, attack, check_attack_config
+from fedleak.attacks import ATTACKS, attack, check_attack_config
 from fedleak.attacks.engine import EngineConfig, resolve_parts
 from fedleak.attacks.losses import LOSSES, MatchLoss
 from fedleak.attacks.presets import PRESET_OPTIONS, PRESETS, SIGN_ITERATIONS, engine_config, sign_budget
@@ -128,12 +128,10 @@ def test_preset_options_keep_the_engine_checks():
         ATTACKS.options("inverting-gradients", {"tv": -1})
 
 
-def test_attacks_without_a_model_fall_back_to_their_signature():
-    # the imprint readouts declare no options model yet: their keywords are checked against the signature
+def test_every_registered_attack_declares_an_options_model():
+    assert [n for n in ATTACKS.names() if ATTACKS.options_model(n) is None] == []
     opts = check_attack_config({"name": "imprint", "tolerance": 1e-5})
-    assert opts.model_dump()["tolerance"] == 1e-5
-    if ATTACKS.options_model("imprint") is None:
-        assert isinstance(opts, UncheckedOptions)
+    assert opts.tolerance == 1e-5
     with pytest.raises(ConfigError, match="'tolerence'"):
         check_attack_config({"name": "imprint", "tolerence": 1e-5})
 

@@ -32,9 +32,16 @@ FAKE = "test-fake-reliability"
 
 if FAKE not in ATTACKS:
 
-    @ATTACKS.register(FAKE, doc="test attack: seeded noise images (fast)")
-    def _fake(view, update, callback=None, iterations=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
+    from fedleak.options import Options
+
+    class _FakeOptions(Options):
+        iterations: int = 3
+        seed: int = 0
+
+    @ATTACKS.register(FAKE, doc="test attack: seeded noise images (fast)", options=_FakeOptions)
+    def _fake(view, update, options, callback=None):
+        iterations = options.iterations
+        g = torch.Generator().manual_seed(options.seed)
         x = torch.rand(view.batch_size, *view.image_shape, generator=g)
         hist = [1.0 / (i + 1) for i in range(iterations)]
         return Reconstruction(images=x, labels=update.labels, loss_history=hist, info={"seconds": 0.5})

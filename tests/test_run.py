@@ -18,10 +18,20 @@ FAKE = "test-fake-run"
 
 if FAKE not in ATTACKS:
 
+    from typing import Optional
+
+    from fedleak.options import Options
+
+    class _FakeOptions(Options):
+        iterations: int = 4
+        seed: int = 0
+        interrupt_at: Optional[int] = None
+
     @ATTACKS.register(FAKE, doc="test attack: seeded noise images, optional simulated Ctrl-C",
-                      caps=Capabilities(seeds=True))
-    def _fake(view, update, callback=None, iterations=4, seed=0, interrupt_at=None):
-        g = torch.Generator().manual_seed(seed)
+                      options=_FakeOptions, caps=Capabilities(seeds=True))
+    def _fake(view, update, options, callback=None):
+        iterations, interrupt_at = options.iterations, options.interrupt_at
+        g = torch.Generator().manual_seed(options.seed)
         best = torch.rand(view.batch_size, *view.image_shape, generator=g)
         history, interrupted = [], False
         try:

@@ -2,8 +2,7 @@
 
 Every attack is a function registered in :data:`ATTACKS` with its typed options model (``options=``) and
 capabilities (``caps=``), called as ``fn(view: ServerView, update: Update, options, *, callback=None) ->
-Reconstruction`` with ``options`` validated by :func:`check_attack_config`. (An attack registered without a
-model is called ``fn(view, update, callback=None, **options)``, its keywords checked against its signature.)
+Reconstruction`` with ``options`` validated by :func:`check_attack_config`; every attack declares its model.
 It may use only the server's view, the update and the options (declared prior knowledge) — never the client's
 images.
 
@@ -13,9 +12,9 @@ result so far with ``info['interrupted'] = True``.
 """
 from __future__ import annotations
 
-from fedleak.attacks.base import ATTACKS, AttackFn, Reconstruction, UncheckedOptions, attack, check_attack_config
+from fedleak.attacks.base import ATTACKS, AttackFn, Reconstruction, attack, check_attack_config
 
 from fedleak.attacks import presets  # noqa: E402,F401  (registration: dlg, idlg, inverting-gradients, rog)
 from fedleak.attacks import readout  # noqa: E402,F401  (registration: imprint, ldp-imprint)
 
-__all__ = ["ATTACKS", "AttackFn", "Reconstruction", "UncheckedOptions", "attack", "check_attack_config"]
+__all__ = ["ATTACKS", "AttackFn", "Reconstruction", "attack", "check_attack_config"]

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from pydantic import ConfigDict
 
 from fedleak.errors import ConfigError
 from fedleak.options import Options
-from fedleak.registry import Registry, check_kwargs
+from fedleak.registry import Registry
 
 
 @dataclass
@@ -31,24 +30,12 @@ AttackFn = Callable[..., Reconstruction]
 ATTACKS: Registry[AttackFn] = Registry("attack")
 
 
-class UncheckedOptions(Options):
-    """Options of an attack that declares no options model: checked against its function's signature only."""
-
-    model_config = ConfigDict(extra="allow")
-
-
 def check_attack_config(section: dict) -> Options:
     """Validate an ``attack:`` config section (``{name: ..., **options}``) without running it; returns the
     attack's typed options (one-line :class:`ConfigError` on any problem)."""
     if not isinstance(section, dict) or "name" not in section:
         raise ConfigError("attack must be a mapping with a 'name'")
-    name = ATTACKS.resolve(section["name"])
-    raw = {k: v for k, v in section.items() if k != "name"}
-    if ATTACKS.options_model(name) is not None:
-        return ATTACKS.options(name, raw)
-    # an attack that declares no options model yet (the imprint readouts): its signature is the check
-    check_kwargs(ATTACKS.get(name), raw, f"attack {name!r}")
-    return UncheckedOptions(**raw)
+    return ATTACKS.options(section["name"], {k: v for k, v in section.items() if k != "name"})
 
 
 def attack(name_or_section: str | dict, view, update, callback=None, **options) -> Reconstruction:
@@ -61,7 +48,4 @@ def attack(name_or_section: str | dict, view, update, callback=None, **options) 
     else:
         raise ConfigError(f"attack must be a name or a mapping with a 'name', got {type(name_or_section).__name__}")
     opts = check_attack_config(section)
-    fn = ATTACKS.get(section["name"])
-    if isinstance(opts, UncheckedOptions):
-        return fn(view, update, callback=callback, **(opts.model_extra or {}))
-    return fn(view, update, opts, callback=callback)
+    return ATTACKS.get(section["name"])(view, update, opts, callback=callback)

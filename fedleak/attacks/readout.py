@@ -52,9 +52,9 @@ import torch
 
 from pydantic import Field
 
-from fedleak.attacks import ATTACKS, Reconstruction
+from fedleak.attacks.base import ATTACKS, Reconstruction
 from fedleak.errors import ConfigError
-from fedleak.options import Capabilities, Options, validate_options
+from fedleak.options import Capabilities, Options
 
 DISTRIBUTIONS = ("gaussian", "laplace")
 
@@ -284,11 +284,11 @@ class ImprintAttackOptions(Options):
 
 @ATTACKS.register("imprint", doc="Robbing-the-Fed readout of a planted imprint structure (no denoising)",
                   options=ImprintAttackOptions, caps=Capabilities())
-def imprint_attack(view, update, *, callback=None, tolerance: float = 1e-6) -> Reconstruction:
+def imprint_attack(view, update, options: ImprintAttackOptions, *, callback=None) -> Reconstruction:
     """Plain readout, ``x = dW / db + shift_i``: for the nested layout ``d`` is the difference of adjacent rows,
     for the window layout the row itself. Every bin with a non-zero bias entry (relative ``tolerance``) is a
-    sample; the B with the largest |db| are returned."""
-    tolerance = validate_options(ImprintAttackOptions, {"tolerance": tolerance}, "attack 'imprint'").tolerance
+    sample; the B with the largest |db| are returned. ``options`` are validated by the registry."""
+    tolerance = options.tolerance
     lay = _layout(view)
     rows_ = _Rows(view, update, lay)
     R, npix = rows_.R, rows_.npix
@@ -462,9 +462,7 @@ def _deduplicate(cands: list[dict], mean_img: torch.Tensor, dedup: float) -> tup
 
 @ATTACKS.register("ldp-imprint", doc="imprint readout with noise estimation, CI filtering and row combining",
                   options=LdpImprintOptions, caps=Capabilities())
-def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99, ci_scale: float = 1.0,
-                       segment_confidence: float = 0.99, filter_domain: str = "dct", patch: int = 8,
-                       wiener: bool = True, dedup: float = 0.95, distribution: str = "auto") -> Reconstruction:
+def ldp_imprint_attack(view, update, options: LdpImprintOptions, *, callback=None) -> Reconstruction:
     """Denoising imprint readout for DP-protected updates (see the module docstring for the math).
 
     ``confidence`` / ``ci_scale``: the coefficient filter's interval (``ci_scale`` also scales the
@@ -472,9 +470,7 @@ def ldp_imprint_attack(view, update, *, callback=None, confidence: float = 0.99,
     penalty; ``filter_domain``: dct | pixel | none; ``patch``: DCT block size; ``dedup``: correlation above
     which two readouts are merged; ``distribution``: auto (estimated) | gaussian | laplace.
     """
-    o = validate_options(LdpImprintOptions, dict(
-        confidence=confidence, ci_scale=ci_scale, segment_confidence=segment_confidence, filter_domain=filter_domain,
-        patch=patch, wiener=wiener, dedup=dedup, distribution=distribution), "attack 'ldp-imprint'")
+    o = options  # validated by the registry (fedleak.attacks.attack)
     lay = _layout(view)
     rows_ = _Rows(view, update, lay)
     lo, hi = lay["value_range"]

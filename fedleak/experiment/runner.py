@@ -223,6 +223,7 @@ class Scores:
     raw: dict
     enhanced: Optional[dict]
     seconds: float
+    server: dict  # what the server scenario did to the client's model, measured on the true batch
 
 
 def prepare(config: Any = None, overrides: Optional[list[str]] = None, force: bool = False, log=None) -> Plan:
@@ -345,7 +346,8 @@ def evaluate_stage(cfg, case, rec, enhanced: Optional[torch.Tensor], log: RunLog
     masks = _subject_masks(cfg, case, log)
     raw = M.evaluate(case.images, rec, true_labels=case.labels, masks=masks, **opts)
     enh = M.evaluate(case.images, enhanced, true_labels=None, masks=masks, **opts) if enhanced is not None else None
-    return Scores(raw=raw, enhanced=enh, seconds=time.perf_counter() - t0)
+    server = case.scenario_metrics()
+    return Scores(raw=raw, enhanced=enh, seconds=time.perf_counter() - t0, server=server)
 
 
 def _summary(scores: Scores, stats: dict) -> dict:
@@ -379,6 +381,7 @@ def _metrics_doc(plan: Plan, run_dir: Path, client: ClientSide, att: Attacked, s
         "best_loss": rec.info.get("best_loss"),
         "info": {k: v for k, v in rec.info.items() if k not in ("attack_config",)},
     }
+    metrics["server"] = scores.server
     metrics["update"] = {"kind": update.kind, "protocol": update.protocol, "obfuscation": update.obfuscation,
                          "labels_shared": update.labels is not None, "stats": update.stats}
     metrics["timing"] = {"client_seconds": round(client.seconds, 4), "attack_seconds": round(att.seconds, 4),

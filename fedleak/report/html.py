@@ -107,7 +107,7 @@ def _read_text(p: Path) -> Optional[str]:
 
 def _page(title: str, body: list[str]) -> str:
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    from fedleak import __version__ as ver
+    from fedleak.version import __version__ as ver
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{_e(title)}</title>\n"
             f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body)
