@@ -106,3 +106,31 @@ def test_bad_snapshot_plan_is_one_line():
 
     with pytest.raises(ConfigError, match="snapshots must be epochs between 0 and epochs=2"):
         VictimPlan(epochs=2, snapshots=[0, 5]).validate()
+
+
+def test_a_run_attacks_a_trained_snapshot_and_records_its_hash(tmp_path):
+    """train-victim, then `fedleak run` on that snapshot with digits from the held-out split."""
+    from fedleak import cli
+    from fedleak.io import sha256_file
+
+    out = tmp_path / "victims"
+    assert cli.main(["train-victim", "--model", "lenet", "--size", "16", "--epochs", "1", "--out", str(out)]) == 0
+    snap = out / "lenet-digits16-e1.safetensors"
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", "--out", str(run_dir), "-q", "--set", "data.source=digits", "--set", "data.size=16",
+                     "--set", "data.batch_size=2", "--set", "model.num_classes=10", "--set", f"model.weights={snap}",
+                     "--set", "attack.iterations=2", "--set", "threads=1"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["model"]["weights_sha256"] == sha256_file(snap)
+    assert m["raw"]["num_images"] == 2
+
+
+def test_a_run_with_weights_of_another_model_is_one_line(tmp_path, capsys):
+    from fedleak import cli
+
+    path = tmp_path / "w.safetensors"
+    save_weights(build_model("convnet", num_classes=10, image_size=16), path)
+    assert cli.main(["run", "--out", str(tmp_path / "r"), "-q", "--set", "data.size=16", "--set", "data.source=digits", "--set",
+                     "model.num_classes=10", "--set", f"model.weights={path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit lenet: missing:" in err[0]

@@ -41,6 +41,7 @@ class ModelConfig(_Strict):
     activation: str = "relu"
     seed: Optional[int] = Field(None, description="init seed (defaults to the run seed)")
     options: dict[str, Any] = Field(default_factory=dict)
+    weights: Optional[str] = Field(None, description="safetensors / state_dict file loaded into the model (round k)")
 
 
 class ProtocolConfig(_Strict):

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from fedleak.config.schema import RunConfig, load_config, validate
-from fedleak.client.data import ImageSet, load_images
+from fedleak.client.data import ImageSet
+from fedleak.client.weights import load_weights
+from fedleak.experiment.data import load_data
 from fedleak.errors import ConfigError
 from fedleak.client.models import build_model, model_kwargs
 from fedleak.client.obfuscations import ObfContext, build_pipeline
@@ -44,16 +46,7 @@ class Case:
         self.config = _as_config(config, overrides)
         cfg = self.config
         d = cfg.data
-        self.data = images if images is not None else load_images(d.source, d.size, d.resize, d.start, d.batch_size)
-        if self.data.images.shape[0] < d.batch_size:
-            raise ConfigError(
-                f"data.batch_size={d.batch_size} but only {self.data.images.shape[0]} images are available from "
-                f"{d.source!r} starting at {d.start}"
-            )
-        if d.subject_only:
-            from fedleak.client.segmentation import subject_only
-
-            self.data = subject_only(self.data, d.segmenter, d.sam_checkpoint)
+        self.data = images if images is not None else load_data(d)
         n_cls = cfg.model.num_classes
         if int(self.data.labels.max()) >= n_cls:
             raise ConfigError(
@@ -62,6 +55,8 @@ class Case:
         self.pipeline = build_pipeline(cfg.obfuscation)
         self.model_kwargs = model_kwargs(cfg.model, d.size, cfg.seed)
         base: nn.Module = build_model(cfg.model.name, **self.model_kwargs)
+        #: SHA-256 of ``model.weights`` (the round-k model the server sends), None for a fresh initialisation
+        self.weights_sha256 = load_weights(base, cfg.model.weights, cfg.model.name) if cfg.model.weights else None
         # ---- the server's side: the scenario sees the context only (no images, no labels) ----------
         self.server_context = ServerContext(
             model=base, model_name=cfg.model.name, model_kwargs=dict(self.model_kwargs),

@@ -382,6 +382,8 @@ def _metrics_doc(plan: Plan, run_dir: Path, client: ClientSide, att: Attacked, s
         "info": {k: v for k, v in rec.info.items() if k not in ("attack_config",)},
     }
     metrics["server"] = scores.server
+    metrics["model"] = {"name": plan.cfg.model.name, "weights": plan.cfg.model.weights,
+                        "weights_sha256": client.case.weights_sha256}
     metrics["update"] = {"kind": update.kind, "protocol": update.protocol, "obfuscation": update.obfuscation,
                          "labels_shared": update.labels is not None, "stats": update.stats}
     metrics["timing"] = {"client_seconds": round(client.seconds, 4), "attack_seconds": round(att.seconds, 4),
