@@ -73,3 +73,76 @@ def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps
                                               steps=steps, accountant=accountant, epsilon_tolerance=tolerance))
         except ValueError as e:  # "The privacy budget is too low."
             raise ValueError(f"cannot reach epsilon={epsilon} at delta={delta}, q={q}, steps={steps}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Many rounds (issue 14): the epsilon of R federated rounds of one of the mechanisms above
+
+
+def _rounds_arguments(noise_multiplier, rounds, participation, sample_rate, steps_per_round) -> tuple[float, int]:
+    """Check the arguments of :func:`rounds_epsilon` / :func:`rounds_rdp`; return ``(q, steps)`` to account."""
+    from fedleak.errors import ConfigError
+
+    def number(name, v, lo, hi=None, lo_open=False):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
+            span = f"({lo}, {hi}]" if hi is not None else (f"> {lo}" if lo_open else f">= {lo}")
+            raise ConfigError(f"{name} must be a finite number {span}, got {v!r}")
+
+    number("noise_multiplier", noise_multiplier, 0.0)
+    number("participation", participation, 0.0, 1.0, lo_open=True)
+    number("sample_rate", sample_rate, 0.0, 1.0, lo_open=True)
+    for name, v, lo in (("rounds", rounds, 0), ("steps_per_round", steps_per_round, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if participation < 1 and steps_per_round > 1:
+        raise ConfigError("participation < 1 with steps_per_round > 1 is not a composition of independent "
+                          "subsampled steps; pass participation=1 (a valid upper bound) or steps_per_round=1")
+    return float(participation) * float(sample_rate), rounds * steps_per_round
+
+
+def rounds_epsilon(noise_multiplier: float, rounds: int, delta: float, *, participation: float = 1.0,
+                   sample_rate: float = 1.0, steps_per_round: int = 1, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of ``rounds`` federated rounds of a Gaussian mechanism, by the Opacus accountant.
+
+    Each round the client takes part with probability ``participation`` (Poisson, independent across
+    rounds) and, when it does, runs ``steps_per_round`` releases of the Gaussian mechanism with noise
+    multiplier ``z`` at sampling rate ``sample_rate``: the ``ldp`` step is one release per round at sample
+    rate 1 (the whole clipped update); ``dpsgd`` is one release per local step at ``q = B / N``.
+
+    * ``participation = 1``: ``rounds * steps_per_round`` compositions at rate ``sample_rate`` (exact
+      composition; ``epsilon(z, q, R * s, delta)``).
+    * ``participation < 1`` (needs ``steps_per_round = 1``): an example enters a round's release with
+      probability ``participation * sample_rate``, independently across rounds, so the rounds are ``R``
+      Poisson-subsampled Gaussian steps at that product rate. This amplification only holds against an
+      observer who does not learn whether the client took part (e.g. users of the final model); the server
+      that picks the clients knows it, so against the server use ``participation = 1`` and count only the
+      rounds the client took part in.
+
+    Raises ConfigError (one line) on invalid arguments; ``z = 0`` gives ``inf``, ``rounds = 0`` gives 0.
+    """
+    q, steps = _rounds_arguments(noise_multiplier, rounds, participation, sample_rate, steps_per_round)
+    try:
+        return epsilon(float(noise_multiplier), q, steps, delta, accountant)
+    except ValueError as e:  # delta / accountant: the shared checks word the message
+        from fedleak.errors import ConfigError
+
+        raise ConfigError(str(e)) from None
+
+
+def rounds_rdp(noise_multiplier: float, rounds: int, *, participation: float = 1.0, sample_rate: float = 1.0,
+               steps_per_round: int = 1) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Renyi-DP curve ``(orders, rdp)`` of the same ``rounds`` as :func:`rounds_epsilon` (same arguments and
+    the same composition rule), at Opacus's default orders (``RDPAccountant.DEFAULT_ALPHAS``), from
+    ``opacus.accountants.analysis.rdp.compute_rdp``. ``z = 0`` gives ``inf`` at every order."""
+    q, steps = _rounds_arguments(noise_multiplier, rounds, participation, sample_rate, steps_per_round)
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    orders = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
+    if steps == 0:
+        return orders, tuple(0.0 for _ in orders)
+    if noise_multiplier == 0:
+        return orders, tuple(math.inf for _ in orders)
+    return orders, tuple(float(r) for r in compute_rdp(q=q, noise_multiplier=float(noise_multiplier),
+                                                      steps=steps, orders=list(orders)))
