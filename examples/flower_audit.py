@@ -2,7 +2,7 @@
 
 Four Flower clients each hold one of fedleak's bundled photos (``fedleak.data.load_builtin``) and train a
 LeNet with FedAvg (2 local SGD steps); each compresses its update with fedleak's ``qsgd`` obfuscation before
-sending it. The server runs Flower's own ``FedAvg`` strategy, wrapped in ``fedleak.flower.AuditStrategy``,
+sending it. The server runs Flower's own ``FedAvg`` strategy, wrapped in ``fedleak.integrations.flower.AuditStrategy``,
 which forwards everything to FedAvg unchanged and, in every round, attacks each client's update with ROG
 (from the server's knowledge only), then scores the reconstruction against the client's true image (the
 simulation knows it). Results: ``OUT/audit.json`` and one PNG (original over reconstruction) per round and
