@@ -76,7 +76,10 @@ def save_checkpoint(path: Path, cfg, restart: int, snap: dict, best: dict, meta:
     meta = meta or {}
     payload = {"version": 2, "config": config_key(cfg), "iterations": cfg.iterations, "restart": restart,
                "best": best, "fingerprint": meta.get("fingerprint"),
-               "prior_history": [float(v) for v in meta.get("prior_history", [])], **snap}
+               "prior_history": [float(v) for v in meta.get("prior_history", [])],
+               # multi-stage runs (fedleak.attacks.engine.stages): the stage, all stages' settings, earlier results
+               "stage": meta.get("stage", 0), "stages_key": meta.get("stages_key"), "carry": meta.get("carry"),
+               **snap}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
