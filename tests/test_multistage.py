@@ -235,4 +235,4 @@ def test_rog_refine_beats_rog_only_through_its_refinement_stage(small):
     assert abs(skipped - rog) < MARGIN / 2, (skipped, rog)
 
 
-MARGIN = 0.5  # dB; measured: rog 14.01, rog-refine 14.96, refinement skipped 14.07
+MARGIN = 0.5  # dB; measured: rog 14.01, rog-refine 15.19, refinement cut to 1 iteration 14.12

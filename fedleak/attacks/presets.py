@@ -123,8 +123,8 @@ for _name in PRESETS:
 STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "rog-refine": (
         [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")} | {"sign_iterations": 300},
-         dict(iterations=100, sign_iterations=300, lr=0.01, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
-              param="pixels", mapping="box", init="previous", loss="l2", tv=0.0, tv_size=128)],
+         dict(iterations=60, sign_iterations=180, lr=0.02, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
+              param="pixels", mapping="box", init="previous", loss="l2", tv=1.5, tv_size=128)],
         dict(labels="auto", precision="auto")),
 }
 
