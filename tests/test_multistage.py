@@ -212,6 +212,19 @@ def test_checkpoint_of_other_stages_is_refused(tiny, tmp_path):
         run_stages(view, update, other.stage_configs(update))
     with pytest.raises(ConfigError, match="different attack settings"):
         attack("rog", view, update, iterations=4, checkpoint=str(ck))
+    # killed in stage 0 (whose settings are rog's): a single-stage rog run still refuses it
+    ck.unlink()
+    first = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "checkpoint_every": 2,
+                                           "stages": {"0": {"iterations": 4}, "1": {"iterations": 4}}})
+
+    def stop(state):
+        if state["stage"] == 0 and state["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    assert run_stages(view, update, first.stage_configs(update), callback=stop).info["interrupted"]
+    assert torch.load(ck, weights_only=True)["stage"] == 0
+    with pytest.raises(ConfigError, match="different attack settings"):
+        attack("rog", view, update, iterations=4, checkpoint=str(ck))
 
 
 # ------------------------------------------------------------------------------ the refinement stage matters

@@ -162,7 +162,7 @@ def optimise(problem: Problem, cfg: EngineConfig, parts: Parts, callback=None,
     # what a checkpoint must also match (the attacked update) and carry (history of finished restarts)
     meta = {"fingerprint": fingerprint(problem.view, problem.update) if ckpt else None, "prior_history": history,
             **(ckpt_meta or {})}
-    state = load_checkpoint(ckpt, cfg, meta["fingerprint"]) if (ckpt and cfg.resume) else None
+    state = load_checkpoint(ckpt, cfg, meta["fingerprint"], meta.get("stages_key")) if (ckpt and cfg.resume) else None
     start_restart = state["restart"] if state else 0
     if state:
         best = state["best"]
