@@ -166,3 +166,24 @@ def test_sign_budget_reaches_the_engine():
     assert attack("rog", view, update, callback=stop).info["interrupted"]
     attack("rog", view, update, iterations=5, callback=stop)
     assert seen == [300, 5]
+
+
+# --- init from given images (multi-stage attacks) ----------------------------------------------------------
+
+def test_init_previous_encodes_the_given_images_per_parameterisation():
+    from fedleak.attacks.engine import Latent
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=g)
+    pix = Latent(EngineConfig(param="pixels", init="previous"), (2, 3, 8, 8), g, start=x)
+    assert torch.equal(pix.images().detach(), x)
+    up = Latent(EngineConfig(param="pixels", init="previous"), (2, 3, 32, 32), g, start=x)  # resized bicubically
+    assert up.z.shape == (2, 3, 32, 32) and 0 <= float(up.z.detach().min()) and float(up.z.detach().max()) <= 1
+    smooth = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    low = Latent(EngineConfig(param="lowres", scale=4, init="previous"), (2, 3, 32, 32), g, start=smooth)
+    assert low.z.shape == (2, 3, 8, 8)
+    assert float((low.images().detach() - smooth).abs().mean()) < 0.1
+    sig = Latent(EngineConfig(param="pixels", init="previous", mapping="sigmoid"), (2, 3, 8, 8), g, start=x)
+    assert torch.allclose(sig.images().detach(), x.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+    with pytest.raises(ConfigError, match="init: previous needs the images of a previous stage"):
+        Latent(EngineConfig(init="previous"), (2, 3, 8, 8), g)

@@ -22,7 +22,9 @@ Long runs checkpoint atomically every ``checkpoint_every`` iterations to ``check
 
 Modules: ``options`` (:class:`EngineConfig`, the typed options of one stage), ``parts`` (named options resolved
 through their registries, in one place), ``latent`` (parameterisations), ``loop`` (:func:`run_engine`,
-:func:`prepare`, :func:`optimise`), ``checkpoint`` (snapshots, checkpoint files), ``precision``.
+:func:`prepare`, :func:`optimise`), ``checkpoint`` (snapshots, checkpoint files), ``precision``, ``stages``
+(multi-stage attacks: :func:`run_stages`, :class:`StagedConfig`; a stage option is set as
+``attack.stages.1.iterations=300``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from fedleak.attacks.engine.parts import Parts, resolve_parts
 from fedleak.attacks.engine.precision import AUTO_BF16_MIN_BATCH, native_bfloat16, resolve_precision
 from fedleak.attacks.engine.loop import (Problem, check_update, optimise, prepare, resolve_labels,
                                          run_engine)
+from fedleak.attacks.engine.stages import SHARED, StagedConfig, StageOptions, merge_stages, run_stages
 from fedleak.attacks.engine import loop  # noqa: F401  (the module, e.g. for tests that patch its Matcher)
 from fedleak.attacks.matching import Matcher, matching_mode
 from fedleak.attacks.priors import total_variation
@@ -42,4 +45,5 @@ _load_checkpoint, _save_checkpoint, _fingerprint = load_checkpoint, save_checkpo
 
 __all__ = ["AUTO_BF16_MIN_BATCH", "EngineConfig", "Latent", "Matcher", "PARAMETERISATIONS", "PRECISIONS",
            "Parameterisation", "Parts", "Problem", "check_update", "matching_mode", "native_bfloat16", "optimise",
-           "prepare", "resolve_labels", "resolve_parts", "resolve_precision", "run_engine", "total_variation"]
+           "prepare", "resolve_labels", "run_stages", "SHARED", "StagedConfig", "StageOptions", "merge_stages",
+           "resolve_parts", "resolve_precision", "run_engine", "total_variation"]

@@ -76,14 +76,19 @@ def save_checkpoint(path: Path, cfg, restart: int, snap: dict, best: dict, meta:
     meta = meta or {}
     payload = {"version": 2, "config": config_key(cfg), "iterations": cfg.iterations, "restart": restart,
                "best": best, "fingerprint": meta.get("fingerprint"),
-               "prior_history": [float(v) for v in meta.get("prior_history", [])], **snap}
+               "prior_history": [float(v) for v in meta.get("prior_history", [])],
+               # multi-stage runs (fedleak.attacks.engine.stages): the stage, all stages' settings, earlier results
+               "stage": meta.get("stage", 0), "stages_key": meta.get("stages_key"), "carry": meta.get("carry"),
+               **snap}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Optional[Path], cfg, fingerprint: Optional[str] = None) -> Optional[dict]:
+def load_checkpoint(path: Optional[Path], cfg, fingerprint: Optional[str] = None,
+                    stages_key: Optional[list] = None) -> Optional[dict]:
     """Load a checkpoint with ``weights_only=True`` (a pickle that would build arbitrary objects or run code is
-    refused, not executed) and check it belongs to these attack settings and this update."""
+    refused, not executed) and check it belongs to these attack settings and this update (``stages_key``: the
+    settings of every stage of a multi-stage run; None for a single-stage run)."""
     if path is None or not path.is_file():
         return None
     where = f"checkpoint {str(path)!r}"
@@ -91,7 +96,7 @@ def load_checkpoint(path: Optional[Path], cfg, fingerprint: Optional[str] = None
     required = ("config", "restart", "best", "z", "opt", "sched", "history", "run_best", "iteration", "torch_rng")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ConfigError(f"{where} is not a fedleak attack checkpoint; delete it to start over")
-    if state.get("config") != config_key(cfg):
+    if state.get("config") != config_key(cfg) or state.get("stages_key") != stages_key:
         raise ConfigError(f"{where} was made with different attack settings; delete it to start over")
     if fingerprint is not None and state.get("fingerprint") not in (None, fingerprint):
         raise ConfigError(f"{where} was made for a different update (data, model, seed or obfuscation changed); "

@@ -72,6 +72,7 @@ class Problem:
     matcher: Matcher
     autocast: Optional[torch.dtype]
     shape: tuple[int, ...]
+    start: Optional[torch.Tensor] = None  # the images ``init: previous`` starts from (the previous stage's)
 
     def simulate(self, x, y, soft):
         u = self.update
@@ -124,6 +125,12 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
         best, history, interrupted = optimise(problem, cfg, parts, callback, t_start)
     finally:
         problem.fwd.close()
+    return reconstruction(problem, cfg, best, history, interrupted, t_start)
+
+
+def reconstruction(problem: Problem, cfg: EngineConfig, best: dict, history: list[float], interrupted: bool,
+                   t_start: float) -> Reconstruction:
+    """The result of a run whose last (or only) stage ran with ``cfg``."""
     info = {
         "attack_config": cfg.model_dump(),
         "label_method": problem.label_method,
@@ -141,9 +148,10 @@ def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction
 
 
 def optimise(problem: Problem, cfg: EngineConfig, parts: Parts, callback=None,
-             t_start: Optional[float] = None) -> tuple[dict, list[float], bool]:
+             t_start: Optional[float] = None, ckpt_meta: Optional[dict] = None) -> tuple[dict, list[float], bool]:
     """The restarts of one stage (resumed from ``cfg.checkpoint`` when it holds this stage's state).
 
+    ``ckpt_meta``: what the checkpoint also records (a multi-stage run: ``stage``, ``stages_key``, ``carry``).
     Returns the best result (``loss``, ``images``, ``labels``, ``restart``), the loss history of all restarts
     and whether the run was interrupted."""
     t_start = time.perf_counter() if t_start is None else t_start
@@ -152,8 +160,9 @@ def optimise(problem: Problem, cfg: EngineConfig, parts: Parts, callback=None,
     interrupted = False
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     # what a checkpoint must also match (the attacked update) and carry (history of finished restarts)
-    meta = {"fingerprint": fingerprint(problem.view, problem.update) if ckpt else None, "prior_history": history}
-    state = load_checkpoint(ckpt, cfg, meta["fingerprint"]) if (ckpt and cfg.resume) else None
+    meta = {"fingerprint": fingerprint(problem.view, problem.update) if ckpt else None, "prior_history": history,
+            **(ckpt_meta or {})}
+    state = load_checkpoint(ckpt, cfg, meta["fingerprint"], meta.get("stages_key")) if (ckpt and cfg.resume) else None
     start_restart = state["restart"] if state else 0
     if state:
         best = state["best"]
@@ -197,7 +206,7 @@ class _Run:
 
 
 def _start(cfg: EngineConfig, parts: Parts, problem: Problem, gen: torch.Generator, state: Optional[dict]) -> _Run:
-    latent = Latent(cfg, problem.shape, gen, getattr(torch, cfg.dtype), parts.param)
+    latent = Latent(cfg, problem.shape, gen, getattr(torch, cfg.dtype), parts.param, problem.start)
     label_param = None
     if problem.labels is None:
         label_param = torch.randn((problem.shape[0], problem.view.num_classes), generator=gen)

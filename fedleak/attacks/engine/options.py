@@ -59,7 +59,7 @@ class EngineConfig(Options):
     param: str = "pixels"  # PARAMETERISATIONS: pixels | lowres
     scale: int = Field(4, ge=1)
     mapping: Literal["box", "sigmoid", "none"] = "box"  # box: projected to [0, 1]; none: output clamped
-    init: Literal["uniform", "randn", "gray"] = "uniform"
+    init: Literal["uniform", "randn", "gray", "previous"] = "uniform"  # previous: the previous stage's images
     loss: str = "l2"  # LOSSES: l2 | cosine
     layer_weights: Optional[dict[str, float]] = None
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior

@@ -1,0 +1,225 @@
+"""Multi-stage attacks: a sequence of engine stages, each starting from the images the previous one ended with.
+
+A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus ``sign_iterations``,
+the stage's budget for sign-compressed updates, used only when the user did not set that stage's
+``iterations``). Options that describe the attacked problem or the run rather than the optimisation
+(:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
+for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
+its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
+``lowres``: area-downsampled).
+
+Setting stage options (stages are numbered from 0):
+
+* ``--set attack.stages.1.iterations=300`` (or ``stages: {1: {iterations: 300}}`` in a config, or
+  ``fedleak.attack("rog-refine", view, update, stages={1: {"lr": 0.02}})``): a mapping of stage index ->
+  options, merged into the preset's stages. Setting a stage's ``iterations`` drops that stage's sign budget.
+* ``stages: [{...}, {...}]``: a full list of stage definitions (each over the engine defaults), replacing the
+  preset's.
+
+:func:`run_stages` is one loop over the stages around :func:`~fedleak.attacks.engine.loop.optimise`: the attacked
+problem (model, update, labels, precision) is prepared once; the checkpoint records the stage, the settings of
+every stage and the results of the finished ones, so a killed run resumes in the stage it was in; Ctrl-C returns
+the current stage's best images; the progress callback's state gains ``stage`` and ``stages``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
+
+from fedleak.attacks.base import Reconstruction
+from fedleak.attacks.engine.checkpoint import config_key
+from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, _layer_weights
+from fedleak.attacks.engine.options import EngineConfig
+from fedleak.attacks.engine.parts import Parts, resolve_parts
+from fedleak.attacks.matching import Matcher
+from fedleak.errors import ConfigError
+from fedleak.io import torch_load_safely
+from fedleak.options import Options
+
+#: engine options set once for all stages (on the attack, not on a stage)
+SHARED = ("labels", "aware", "fast", "big_threshold", "seed", "threads", "checkpoint", "checkpoint_every", "resume",
+          "on_nan", "max_nan_restarts", "callback_every", "dtype", "precision")
+
+
+def is_sign_compressed(update) -> bool:
+    return update is not None and any(str(s.get("name")) == "sign" for s in update.obfuscation or [])
+
+
+class StageOptions(EngineConfig):
+    """One stage: engine options, and its iterations for sign-compressed updates."""
+
+    sign_iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+
+
+def _stage(i: int, raw: Any) -> StageOptions:
+    if isinstance(raw, StageOptions):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"stages.{i} must be a mapping of engine options, got {type(raw).__name__}")
+    shared = sorted(set(raw) & set(SHARED))
+    if shared:
+        raise ValueError(f"stages.{i}.{shared[0]}: {shared[0]!r} holds for all stages; set it on the attack")
+    try:
+        return StageOptions(**raw)
+    except ConfigError as e:
+        raise ValueError(f"stages.{i}: {e}") from None
+
+
+def merge_stages(preset: list[dict], given: Any) -> list[dict]:
+    """The stage definitions: ``given`` as a full list, or a mapping of stage index -> options merged into
+    ``preset`` (an explicit ``iterations`` there drops the stage's ``sign_iterations``)."""
+    if isinstance(given, (list, tuple)):
+        return list(given)
+    if not isinstance(given, dict):
+        raise ValueError("stages must be a list of stage mappings or a mapping of stage index -> options, "
+                         f"got {type(given).__name__}")
+    out = copy.deepcopy(list(preset))
+    for key, over in given.items():
+        idx = key if isinstance(key, int) and not isinstance(key, bool) else (int(key) if str(key).isdigit() else -1)
+        if not 0 <= idx < len(out):
+            raise ValueError(f"stages.{key}: no such stage (stages are numbered 0 to {len(out) - 1})")
+        if not isinstance(over, dict):
+            raise ValueError(f"stages.{key} must be a mapping of options, got {type(over).__name__}")
+        if "iterations" in over and "sign_iterations" not in over:
+            out[idx].pop("sign_iterations", None)
+        out[idx] = {**out[idx], **over}
+    return out
+
+
+def _shared_fields() -> dict:
+    fields = {}
+    for key in SHARED:
+        info = copy.deepcopy(EngineConfig.model_fields[key])
+        fields[key] = (info.annotation, info)
+    return fields
+
+
+class _Shared(Options):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_shared_fields())):
+    """Options of a multi-stage attack: the shared options and ``stages`` (see the module docstring)."""
+
+    stages: list[StageOptions] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, v):
+        preset = cls.model_fields["stages"].default_factory()
+        raw = merge_stages(preset, preset if v is None else v)
+        if not raw:
+            raise ValueError("stages: a multi-stage attack needs at least one stage")
+        return [_stage(i, s) for i, s in enumerate(raw)]
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _path(cls, v):
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @model_validator(mode="after")
+    def _valid_stages(self):
+        configs = self.stage_configs()  # every stage's engine options check (aware, priors, ...)
+        if configs[0].init == "previous":
+            raise ValueError("stages.0: init: previous needs a previous stage")
+        return self
+
+    def stage_configs(self, update=None) -> list[EngineConfig]:
+        """The engine options of each stage, for ``update`` if given (its sign budget)."""
+        shared = {k: getattr(self, k) for k in SHARED}
+        sign = is_sign_compressed(update)
+        out = []
+        for i, st in enumerate(self.stages):
+            d = st.model_dump(exclude={"sign_iterations", *SHARED})
+            if sign and st.sign_iterations:
+                d["iterations"] = st.sign_iterations
+            try:
+                out.append(EngineConfig(**d, **shared))
+            except ConfigError as e:
+                raise ValueError(f"stages.{i}: {e}") from None
+        return out
+
+
+def staged_options(name: str, stages: list[dict], doc: str, **shared) -> type[StagedConfig]:
+    """The typed options model of a multi-stage preset: ``stages`` and the ``shared`` option defaults."""
+    fields: dict[str, Any] = {"stages": (list[StageOptions], Field(default_factory=lambda: copy.deepcopy(stages),
+                                                                   validate_default=True))}
+    for key, value in shared.items():
+        info = copy.deepcopy(StagedConfig.model_fields[key])
+        info.default = value
+        fields[key] = (info.annotation, info)
+    return create_model(name, __base__=StagedConfig, __doc__=doc, __module__=__name__, **fields)
+
+
+def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: EngineConfig,
+                   start: Optional[torch.Tensor]) -> Problem:
+    """The problem as one stage sees it: its own matching loss (if it differs) and its start images."""
+    matcher = problem.matcher
+    if cfg.loss != first.loss or cfg.layer_weights != first.layer_weights:
+        m = problem.matcher
+        matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd.params),
+                          tuple(problem.fwd.big), m.quant_levels)
+    return dataclasses.replace(problem, matcher=matcher, start=start)
+
+
+def _resume_point(ckpt: Optional[Path], first: EngineConfig, keys: list[dict]) -> dict:
+    """Where to start: stage 0, or the stage a checkpoint of these stages was made in (with the earlier results)."""
+    fresh = {"stage": 0, "images": None, "history": [], "stages": []}
+    if ckpt is None or not first.resume or not ckpt.is_file():
+        return fresh
+    where = f"checkpoint {str(ckpt)!r}"
+    state = torch_load_safely(ckpt, where, ConfigError, "; delete it to start over")
+    if not isinstance(state, dict) or state.get("stages_key") != keys:
+        raise ConfigError(f"{where} was made with different attack settings; delete it to start over")
+    return {**state["carry"], "stage": state["stage"]}
+
+
+def _tagged(callback, stage: int, stages: int):
+    if callback is None:
+        return None
+    return lambda state: callback({**state, "stage": stage, "stages": stages})
+
+
+def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reconstruction:
+    """Run the stages in order on what the server saw; each stage starts from the previous one's best images
+    (``init: previous``). ``info["stages"]`` records each stage's options and result."""
+    if not configs:
+        raise ConfigError("a multi-stage attack needs at least one stage")
+    t_start = time.perf_counter()
+    first = configs[0]
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    parts0 = resolve_parts(first)
+    problem = prepare(view, update, first, parts0)
+    ckpt = Path(first.checkpoint) if first.checkpoint else None
+    keys = [config_key(c) for c in configs]
+    carry = _resume_point(ckpt, first, keys)
+    resume_stage, interrupted = carry["stage"], False
+    try:
+        for s in range(resume_stage, len(configs)):
+            cfg = configs[s].model_copy(update={"resume": configs[s].resume and s == resume_stage})
+            parts = parts0 if s == 0 else resolve_parts(cfg)
+            staged = _stage_problem(problem, cfg, parts, first, carry["images"])
+            meta = {"stage": s, "stages_key": keys, "carry": {k: carry[k] for k in ("images", "history", "stages")}}
+            t_stage = time.perf_counter()
+            best, history, interrupted = optimise(staged, cfg, parts, _tagged(callback, s, len(configs)), t_start,
+                                                  meta)
+            record = {"stage": s, "options": cfg.model_dump(exclude={"resume"}), "best_loss": best["loss"],
+                      "iterations_run": len(history), "seconds": time.perf_counter() - t_stage,
+                      "interrupted": interrupted}
+            carry = {"stage": s + 1, "images": best["images"].detach().clamp(0, 1).float(),
+                     "history": carry["history"] + history, "stages": carry["stages"] + [record]}
+            if interrupted:
+                break
+    finally:
+        problem.fwd.close()
+    rec = reconstruction(problem, cfg, best, carry["history"], interrupted, t_start)
+    rec.info.update({"stages": carry["stages"], "stage": carry["stage"] - 1})
+    return rec

@@ -1,0 +1,251 @@
+"""Multi-stage attacks (issue 12, items 1-3): stage options from the config reach their stage, the sign budget is
+per stage and yields to a user's ``iterations``, a two-stage run killed in its second stage resumes to the
+uninterrupted result, Ctrl-C and the progress callback work across stages, and ``rog-refine``'s refinement stage
+is what beats ``rog``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import fedleak
+from fedleak import cli
+from fedleak.attacks import ATTACKS, attack
+from fedleak.attacks.engine import run_stages
+from fedleak.attacks.presets import PRESETS, STAGED_PRESETS
+from fedleak.errors import ConfigError
+from fedleak.experiment.case import Case
+from fedleak.metrics.scores import psnr
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    case = Case({"seed": 1, "data": {"source": "builtin", "size": 16, "batch_size": 1}, "model": {"name": "lenet"},
+                 "attack": "rog"})
+    return case, case.server_view(), case.client_update()
+
+
+SIGN = types.SimpleNamespace(obfuscation=[{"name": "sign"}])
+
+
+# ------------------------------------------------------------------------------ options of the stages
+def test_stage_option_from_set_reaches_the_stage(tiny):
+    _, view, update = tiny
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.1.iterations=3",
+                                         "attack.stages.0.iterations=4"])
+    assert cfg.attack["stages"] == {"1": {"iterations": 3}, "0": {"iterations": 4}}
+    rec = attack(cfg.attack, view, update)
+    stages = rec.info["stages"]
+    assert [s["options"]["iterations"] for s in stages] == [4, 3]
+    assert [s["iterations_run"] for s in stages] == [4, 3] and rec.info["iterations_run"] == 7
+    assert [s["options"]["param"] for s in stages] == ["lowres", "pixels"]
+    assert stages[1]["options"]["init"] == "previous" and rec.info["attack"] == "rog-refine"
+    assert len(rec.loss_history) == 7
+
+
+def test_sign_budget_is_per_stage_and_yields_to_the_users_iterations():
+    preset = STAGED_PRESETS["rog-refine"][0]
+    opts = ATTACKS.options("rog-refine", {})
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
+    assert [c.iterations for c in opts.stage_configs(None)] == [s["iterations"] for s in preset]
+    opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7}}})
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == [preset[0]["sign_iterations"], 7]
+    # a full list of stages: only the sign budgets it gives
+    opts = ATTACKS.options("rog-refine", {"stages": [{"param": "lowres", "iterations": 5},
+                                                     {"init": "previous", "iterations": 6, "sign_iterations": 9}]})
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == [5, 9]
+    # shared options apply to every stage
+    opts = ATTACKS.options("rog-refine", {"seed": 3, "aware": "none"})
+    assert all(c.seed == 3 and c.aware == "none" and c.precision == "auto" for c in opts.stage_configs())
+
+
+def test_single_stage_presets_are_unchanged():
+    assert PRESETS["rog"]["iterations"] == 100 and "rog-refine" not in PRESETS
+    assert fedleak.load_config().attack == {"name": "rog"}
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"stages": {"2": {"lr": 0.1}}}, r"stages\.2: no such stage \(stages are numbered 0 to 1\)"),
+    ({"stages": {"x": {"lr": 0.1}}}, r"stages\.x: no such stage"),
+    ({"stages": {"1": {"seed": 2}}}, r"stages\.1\.seed: 'seed' holds for all stages; set it on the attack"),
+    ({"stages": {"1": {"lr": -1}}}, r"stages\.1: option lr must be > 0"),
+    ({"stages": {"1": {"itrations": 3}}}, r"stages\.1: unknown option 'itrations' \(did you mean 'iterations'"),
+    ({"stages": [{"init": "previous"}]}, r"stages\.0: init: previous needs a previous stage"),
+    ({"stages": []}, r"at least one stage"),
+    ({"stages": 3}, r"stages must be a list of stage mappings or a mapping"),
+    ({"iterations": 3}, r"unknown option 'iterations'"),
+])
+def test_bad_stage_options_are_one_line_errors(section, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        fedleak.load_config(base={"attack": {"name": "rog-refine", **section}})
+    assert "\n" not in str(e.value)
+
+
+def test_init_previous_without_a_previous_stage_is_an_error(tiny):
+    _, view, update = tiny
+    with pytest.raises(ConfigError, match="init: previous needs"):
+        attack("rog", view, update, init="previous", iterations=2)
+
+
+# ------------------------------------------------------------------------------ the loop across stages
+def test_progress_and_ctrl_c_across_stages(tiny):
+    _, view, update = tiny
+    configs = ATTACKS.options("rog-refine", {"stages": {"0": {"iterations": 3}, "1": {"iterations": 50}}})
+    states = []
+
+    def cb(state):
+        assert callable(state["images"])
+        states.append({k: v for k, v in state.items() if k != "images"})
+        if state["stage"] == 1 and state["iteration"] == 4:
+            raise KeyboardInterrupt
+
+    rec = run_stages(view, update, configs.stage_configs(update), callback=cb)
+    assert {"iteration", "iterations", "restart", "restarts", "loss", "best_loss", "elapsed"} <= set(states[0])
+    assert [(s["stage"], s["iteration"]) for s in states] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)]
+    assert all(s["stages"] == 2 for s in states) and states[-1]["iterations"] == 50
+    assert rec.info["interrupted"] and rec.info["stage"] == 1 and rec.info["iterations_run"] == 7
+    assert rec.images.shape == (1, 3, 16, 16) and torch.isfinite(rec.images).all()
+
+
+def test_nan_roll_back_works_in_a_later_stage(tiny, monkeypatch):
+    _, view, update = tiny
+    from fedleak.attacks.engine import loop
+
+    calls = {"n": 0}
+    real = loop._step
+
+    def flaky(cfg, opt, objective, latent):
+        calls["n"] += 1
+        if cfg.param == "pixels" and calls["n"] == 7:
+            raise loop._NaN()
+        return real(cfg, opt, objective, latent)
+
+    monkeypatch.setattr(loop, "_step", flaky)
+    opts = ATTACKS.options("rog-refine", {"on_nan": "restart", "checkpoint_every": 2,
+                                          "stages": {"0": {"iterations": 3}, "1": {"iterations": 6}}})
+    rec = run_stages(view, update, opts.stage_configs(update))
+    assert rec.info["stages"][1]["iterations_run"] == 6 and not rec.info["interrupted"]
+
+
+# ------------------------------------------------------------------------------ SIGKILL and resume
+def _write_cfg(path: Path, attack_section: dict) -> Path:
+    cfg = {"seed": 5, "threads": 1, "data": {"source": "builtin", "size": 16, "batch_size": 1},
+           "model": {"name": "lenet"}, "attack": attack_section, "output": {"dir": str(path.parent / "exp")}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _stage_of(ckpt: Path):
+    try:
+        st = torch.load(ckpt, weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return st["stage"], st["iteration"]
+
+
+def test_two_stage_run_killed_in_stage_two_resumes_to_the_uninterrupted_result(tmp_path, capsys):
+    iters = 800
+    cfg = _write_cfg(tmp_path / "c.yaml", {"name": "rog-refine", "checkpoint_every": 10,
+                                           "stages": {"0": {"iterations": 30}, "1": {"iterations": iters}}})
+    killed, ref = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedleak", "run", str(cfg), "--out", str(killed), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    ckpt, at = killed / "checkpoint.pt", None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            at = _stage_of(ckpt) if ckpt.exists() else None
+            if at is not None and at[0] == 1:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    st = torch.load(ckpt, weights_only=True)
+    assert st["stage"] == 1 and 0 < st["iteration"] < iters, (st["stage"], st["iteration"])
+    assert len(st["carry"]["history"]) == 30 and st["carry"]["images"].shape == (1, 3, 16, 16)
+    assert not (killed / "COMPLETE").exists()
+
+    assert cli.main(["run", "--resume", str(killed), "-q"]) == 0
+    assert cli.main(["run", str(cfg), "--out", str(ref), "-q"]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (killed, ref))
+    assert a["attack"]["iterations_run"] == 30 + iters
+    assert [s["iterations_run"] for s in a["attack"]["info"]["stages"]] == [30, iters]
+    assert a["summary"]["psnr"] == pytest.approx(b["summary"]["psnr"], abs=1e-4)
+    ra = torch.load(killed / "reconstruction.pt", weights_only=True)
+    rb = torch.load(ref / "reconstruction.pt", weights_only=True)
+    assert torch.allclose(ra["images"], rb["images"], atol=1e-6)
+    assert torch.allclose(ra["loss_history"], rb["loss_history"], rtol=1e-6)
+
+
+def test_checkpoint_of_other_stages_is_refused(tiny, tmp_path):
+    _, view, update = tiny
+    ck = tmp_path / "ck.pt"
+    opts = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "checkpoint_every": 2,
+                                          "stages": {"0": {"iterations": 2}, "1": {"iterations": 4}}})
+    run_stages(view, update, opts.stage_configs(update))
+    other = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "stages": {"0": {"iterations": 2},
+                                                                            "1": {"lr": 0.5, "iterations": 4}}})
+    with pytest.raises(ConfigError, match="different attack settings"):
+        run_stages(view, update, other.stage_configs(update))
+    with pytest.raises(ConfigError, match="different attack settings"):
+        attack("rog", view, update, iterations=4, checkpoint=str(ck))
+    # killed in stage 0 (whose settings are rog's): a single-stage rog run still refuses it
+    ck.unlink()
+    first = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "checkpoint_every": 2,
+                                           "stages": {"0": {"iterations": 4}, "1": {"iterations": 4}}})
+
+    def stop(state):
+        if state["stage"] == 0 and state["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    assert run_stages(view, update, first.stage_configs(update), callback=stop).info["interrupted"]
+    assert torch.load(ck, weights_only=True)["stage"] == 0
+    with pytest.raises(ConfigError, match="different attack settings"):
+        attack("rog", view, update, iterations=4, checkpoint=str(ck))
+
+
+# ------------------------------------------------------------------------------ the refinement stage matters
+@pytest.fixture(scope="module")
+def small():
+    case = Case({"seed": 0, "data": {"source": "builtin", "size": 32, "batch_size": 1}, "model": {"name": "lenet"},
+                 "attack": "rog"})
+    return case, case.server_view(), case.client_update()
+
+
+def _psnr(case, rec) -> float:
+    return float(psnr(rec.images, case.images).mean())
+
+
+def test_rog_refine_beats_rog_only_through_its_refinement_stage(small):
+    case, view, update = small
+    rog = _psnr(case, attack("rog", view, update, seed=0))
+    refined = _psnr(case, attack("rog-refine", view, update, seed=0))
+    skipped = _psnr(case, attack("rog-refine", view, update, seed=0, stages={"1": {"iterations": 1}}))
+    assert refined > rog + MARGIN, (refined, rog)
+    assert abs(skipped - rog) < MARGIN / 2, (skipped, rog)
+
+
+MARGIN = 0.5  # dB; measured: rog 14.01, rog-refine 15.19, refinement cut to 1 iteration 14.12
