@@ -70,6 +70,7 @@ class Progress:
         self.bar = None
         self.last: dict[str, Any] = {}
         self.next_log = 0
+        self.where = (0, 0)  # (stage, restart) of the last callback
         self.t_start = time.time()
 
     def __call__(self, state: dict) -> None:
@@ -77,31 +78,37 @@ class Progress:
         it, total = int(state.get("iteration", 0)), int(state.get("iterations", 0) or 0)
         restarts = int(state.get("restarts", 1) or 1)
         r = int(state.get("restart", 0) or 0)
+        stage, stages = int(state.get("stage", 0) or 0), int(state.get("stages", 1) or 1)
         pos, grand = r * total + it, total * restarts
+        if (stage, r) != self.where:  # a new stage (or restart) counts from zero with its own total
+            self.where, self.next_log = (stage, r), 0
+            if self.bar is not None:
+                self.bar.reset(total=grand or None)
         loss = state.get("loss")
+        where = (f" (stage {stage + 1}/{stages})" if stages > 1 else "") + \
+                (f" (restart {r + 1}/{restarts})" if restarts > 1 else "")
         if self.enabled:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=grand or None, desc=self.desc, unit="it", file=sys.stderr,
-                                dynamic_ncols=True, leave=True)
-                # count elapsed time (and the rate) from the start of the attack, not from the first callback
-                self.bar.start_t = self.bar.last_print_t = self.t_start
-            self.bar.n = pos
-            post = {}
-            if loss is not None:
-                post["loss"] = f"{float(loss):.4g}"
-            if restarts > 1:
-                post["restart"] = f"{r + 1}/{restarts}"
-            self.bar.set_postfix(post, refresh=False)
-            self.bar.refresh()
+            self._draw(pos, grand, loss, where)
         if pos >= self.next_log:
             el = state.get("elapsed")
-            self.log(f"iteration {it}/{total}" + (f" (restart {r + 1}/{restarts})" if restarts > 1 else "")
-                     + (f" loss {float(loss):.6g}" if loss is not None else "")
+            self.log(f"iteration {it}/{total}{where}" + (f" loss {float(loss):.6g}" if loss is not None else "")
                      + (f" elapsed {float(el):.1f}s" if el is not None else ""))
             self.next_log = pos + max(1, grand // 10)
             self.log.flush()  # a killed run keeps its progress lines (about ten small atomic rewrites per run)
+
+    def _draw(self, pos: int, grand: int, loss, where: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=grand or None, desc=self.desc, unit="it", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+            # count elapsed time (and the rate) from the start of the attack, not from the first callback
+            self.bar.start_t = self.bar.last_print_t = self.t_start
+        self.bar.n = pos
+        self.bar.set_description(self.desc + where, refresh=False)
+        if loss is not None:
+            self.bar.set_postfix({"loss": f"{float(loss):.4g}"}, refresh=False)
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
