@@ -42,6 +42,7 @@ import yaml
 
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.io import COMPLETE_MARK, new_run_dir, write_json, write_text
+from fedleak.experiment.claim import claim_run_dir
 
 #: the run folder's attack checkpoint (see the module docstring)
 CHECKPOINT = "checkpoint.pt"
@@ -236,20 +237,14 @@ def default_name(cfg) -> str:
 
 def _prepare_dir(cfg, out: Optional[str | Path], resuming: bool = False) -> Path:
     if out is not None:
-        d = Path(out)
-        if d.exists() and not d.is_dir():
-            raise ConfigError(f"--out {str(d)!r} exists and is not a folder")
-        d.mkdir(parents=True, exist_ok=True)
-        stale = d / COMPLETE_MARK
-        if stale.is_file():
-            stale.unlink()  # a re-used folder must not look complete before this run is
+        d = claim_run_dir(out, COMPLETE_MARK, resuming)  # exclusive; a complete run is refused, never touched
         if not resuming and (d / CHECKPOINT).is_file():
             (d / CHECKPOINT).unlink()  # a fresh run never continues another run's attack
         return d
     name = cfg.output.name or default_name(cfg)
     if any(s in name for s in ("/", "\\")) or name in (".", ".."):
         raise ConfigError(f"output.name {name!r} must be a plain folder name")
-    return new_run_dir(cfg.output.dir, name)
+    return claim_run_dir(new_run_dir(cfg.output.dir, name), COMPLETE_MARK)
 
 
 def _supports_checkpoint(attack_opts: dict) -> bool:

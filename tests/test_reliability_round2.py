@@ -1,0 +1,106 @@
+"""Regression tests for issue 16 (reliability, second round). Each failed on the code before its fix."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedleak import cli
+from fedleak.errors import ConfigError
+from fedleak.experiment.claim import claim_run_dir, release
+from fedleak.io import COMPLETE_MARK, new_run_dir
+
+from tests.test_reliability import FAKE  # registers the fast fake attack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(path: Path, **extra) -> Path:
+    raw = {"data": {"size": 16, "batch_size": 1}, "attack": {"name": FAKE, "iterations": 2}, **extra}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _one_line_error(capsys, needle: str) -> None:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert needle in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
+# ------------------------------------------------------------------- 1. exclusive claim of --out
+def test_second_run_into_a_claimed_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "X"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from fedleak.experiment.claim import claim_run_dir;"
+         f"claim_run_dir({str(out)!r}, 'COMPLETE'); print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["run", str(_cfg(tmp_path / "c.yaml")), "--out", str(out), "-q"]) != 0
+        _one_line_error(capsys, "in use by another run")
+        assert not (out / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_claim_is_released_and_reclaimable_in_process(tmp_path):
+    d = claim_run_dir(tmp_path / "d", COMPLETE_MARK)
+    release(d)
+    assert claim_run_dir(d, COMPLETE_MARK) == d
+    release(d)
+
+
+# ------------------------------------------------------------------- 2. complete folder untouched
+def test_complete_folder_is_never_touched(tmp_path, capsys):
+    out = tmp_path / "X"
+    cfg = _cfg(tmp_path / "c.yaml")
+    assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not a png")
+    assert cli.main(["run", str(cfg), "--out", str(out), "-q", "--set", f"data.source={bad}"]) != 0
+    _one_line_error(capsys, "holds a complete run")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+
+
+# ------------------------------------------------------------------- 6. output paths
+def test_out_under_a_file_is_one_line(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    cfg = _cfg(tmp_path / "c.yaml")
+    for out in (f, f / "sub"):
+        assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) != 0
+        _one_line_error(capsys, str(f))
+
+
+def test_output_dir_that_is_a_file_or_read_only(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        new_run_dir(f, "run")
+    with pytest.raises(ConfigError, match="cannot create"):
+        new_run_dir(f / "sub", "run")
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permissions")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        cfg = _cfg(tmp_path / "c.yaml", output={"dir": str(ro)})
+        assert cli.main(["run", str(cfg), "-q"]) != 0
+        _one_line_error(capsys, str(ro))
+        assert cli.main(["run", str(cfg), "--out", str(ro), "-q"]) != 0
+        _one_line_error(capsys, str(ro))
+    finally:
+        ro.chmod(0o755)
