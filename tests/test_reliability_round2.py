@@ -26,10 +26,10 @@ def _cfg(path: Path, **extra) -> Path:
     return path
 
 
-def _one_line_error(capsys, needle: str) -> None:
+def _one_line_error(capsys, *needles: str) -> None:
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert needle in err, err
+    assert all(n in err for n in needles), err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
 
 
@@ -104,3 +104,25 @@ def test_output_dir_that_is_a_file_or_read_only(tmp_path, capsys):
         _one_line_error(capsys, str(ro))
     finally:
         ro.chmod(0o755)
+
+
+# ------------------------------------------------------------------- 3. obfuscation strings / 8. 1e-3
+@pytest.mark.parametrize("text, needle", [
+    ("qsgd(", "unbalanced parentheses"),
+    ("qsgd(4, levels=8)", "'levels' given twice"),
+    ("gaussian(sigma=0.01, sigma=5)", "'sigma' given twice"),
+    ("qsgd(4) x", "unexpected 'x'"),
+    ("qsgd(4))", "unexpected ')'"),
+    ("qsgd(4,)", "empty argument"),
+])
+def test_malformed_obfuscation_is_refused_with_a_position(tmp_path, capsys, text, needle):
+    cfg = _cfg(tmp_path / "c.yaml")
+    assert cli.main(["run", str(cfg), "--check", "--set", f"obfuscation={text}"]) != 0
+    _one_line_error(capsys, needle, "column")
+
+
+def test_scientific_notation_in_obfuscation_strings():
+    from fedleak.config.schema import parse_pipeline
+
+    assert parse_pipeline("gaussian(1e-3) -> qsgd(levels=16)") == [
+        {"name": "gaussian", "sigma": 1e-3}, {"name": "qsgd", "levels": 16}]

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedleak.config.pipeline import parse_pipeline as _parse_pipeline
 from fedleak.errors import ConfigError
 
 
@@ -117,31 +118,10 @@ class RunConfig(_Strict):
 
 
 def parse_pipeline(text: str) -> list[dict]:
-    """Parse ``"clip(1.0) -> gaussian(0.01) -> qsgd(16)"`` into steps.
-
-    A positional argument binds to the step's first parameter; ``key=value`` pairs bind by name.
-    """
+    """Parse ``"clip(1.0) -> gaussian(0.01) -> qsgd(16)"`` into steps (see :mod:`fedleak.config.pipeline`)."""
     from fedleak.client.obfuscations import OBFUSCATIONS, first_param
 
-    steps = []
-    for part in [p.strip() for p in text.replace("→", "->").split("->") if p.strip()]:
-        name, _, rest = part.partition("(")
-        name = name.strip()
-        step: dict[str, Any] = {"name": name}
-        if rest:
-            if not rest.endswith(")"):
-                raise ValueError(f"unbalanced parentheses in {part!r}")
-            args = [a.strip() for a in rest[:-1].split(",") if a.strip()]
-            for i, a in enumerate(args):
-                if "=" in a:
-                    k, _, val = a.partition("=")
-                    step[k.strip()] = yaml.safe_load(val)
-                elif i == 0:
-                    step[first_param(OBFUSCATIONS.get(name))] = yaml.safe_load(a)
-                else:
-                    raise ValueError(f"only the first argument may be positional in {part!r}")
-        steps.append(step)
-    return steps
+    return _parse_pipeline(text, lambda name: first_param(OBFUSCATIONS.get(name)))
 
 
 def _fmt_validation(e: ValidationError) -> str:
