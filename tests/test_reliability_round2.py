@@ -126,3 +126,47 @@ def test_scientific_notation_in_obfuscation_strings():
 
     assert parse_pipeline("gaussian(1e-3) -> qsgd(levels=16)") == [
         {"name": "gaussian", "sigma": 1e-3}, {"name": "qsgd", "levels": 16}]
+
+
+@pytest.mark.parametrize("assignment", ["attack.lr=1e-3", "protocol.lr=1e-3"])
+def test_scientific_notation_in_set(assignment):
+    from fedleak.config.schema import apply_override
+
+    raw: dict = {}
+    apply_override(raw, assignment)
+    section, key = assignment.split("=")[0].split(".")
+    assert raw[section][key] == 1e-3
+
+
+# ------------------------------------------------------------------- 7. negative label
+def test_negative_label_names_the_row(tmp_path):
+    from PIL import Image
+
+    from fedleak.client.data import load_folder
+    from fedleak.errors import DataError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    (tmp_path / "labels.csv").write_text("file,label\na.png,1\nb.png,-3\n")
+    with pytest.raises(DataError, match=r"labels.csv:3: label -3 is negative"):
+        load_folder(tmp_path, 8)
+
+
+# ------------------------------------------------------------------- 11. report of a non-mapping metrics.json
+@pytest.mark.parametrize("content", ["[1, 2]", "3", '"x"', "null"])
+def test_report_allow_incomplete_with_non_mapping_metrics(tmp_path, content):
+    from fedleak.report.html import write_report
+
+    (tmp_path / "config.yaml").write_text("attack: {name: rog}\n")
+    (tmp_path / "metrics.json").write_text(content)
+    assert write_report(tmp_path, allow_incomplete=True).is_file()
+
+
+# ------------------------------------------------------------------- 12. booleans are not integers
+@pytest.mark.parametrize("assignment", ["seed=true", "data.batch_size=true", "protocol.lr=false",
+                                        "model.num_classes=true"])
+def test_booleans_refused_as_numbers(assignment):
+    from fedleak.config.schema import load_config
+
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(None, [assignment])

@@ -21,6 +21,25 @@ from fedleak.errors import ConfigError
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v):
+        """``true`` is not an integer/number here (pydantic's lax mode would take it as 1)."""
+        if isinstance(v, dict):
+            for k, val in v.items():
+                f = cls.model_fields.get(k) if isinstance(k, str) else None
+                kinds = _scalar_types(f.annotation) if f is not None else set()
+                if isinstance(val, bool) and bool not in kinds and kinds & {int, float}:
+                    raise ValueError(f"{k} must be a number, got {str(val).lower()}")
+        return v
+
+
+def _scalar_types(ann) -> set:
+    import typing
+
+    args = typing.get_args(ann)
+    return set(args) if args else {ann}
+
 
 class DataConfig(_Strict):
     source: str = Field("builtin", description="'builtin' (scikit-image photos) or a folder path")
@@ -146,10 +165,20 @@ def _fmt_validation(e: ValidationError) -> str:
 
 
 def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML; ``1e-3`` (a string to YAML 1.1) as a number; too deep or too big refused."""
+    from fedleak.config.pipeline import _NUMBER
+
+    if _NUMBER.fullmatch(text.strip()):
+        t = text.strip()
+        if len(t) > 400:
+            raise ConfigError(f"--set: number {t[:20]}... has more than 400 digits")
+        return float(t) if any(c in t for c in ".eE") else int(t)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except (RecursionError, ValueError) as e:
+        raise ConfigError(f"--set: value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def apply_override(raw: dict, assignment: str) -> None:
