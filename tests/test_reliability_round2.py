@@ -170,3 +170,23 @@ def test_booleans_refused_as_numbers(assignment):
 
     with pytest.raises(ConfigError, match="must be a number"):
         load_config(None, [assignment])
+
+
+# ------------------------------------------------------------------- 9. deep nesting, huge ints; 12. duplicate keys
+@pytest.mark.parametrize("text, needle", [
+    ("seed: 1\nseed: 2\n", "given twice"),
+    ("data: " + "[" * 5000 + "]" * 5000 + "\n", "config"),
+    ("seed: " + "9" * 5000 + "\n", "config"),
+])
+def test_bad_yaml_files_are_one_line(tmp_path, capsys, text, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    assert cli.main(["run", str(f), "--check"]) != 0
+    _one_line_error(capsys, needle)
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "9" * 5000])
+def test_bad_set_values_are_one_line(capsys, value):
+    assert cli.main(["run", "--check", "--set", f"seed={value}"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -217,6 +217,23 @@ def apply_override(raw: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}: parent is not a mapping")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for k, _ in node.value:
+        key = loader.construct_object(k, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ConfigError(f"config: key {key!r} is given twice (line {k.start_mark.line + 1})")
+        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_raw(path: str | Path | None) -> dict:
     if path is None:
         return {}
@@ -228,7 +245,11 @@ def load_raw(path: str | Path | None) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {str(p)!r}: {e}") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError(f"config {str(p)!r} is nested too deeply") from None
+    except ValueError as e:
+        raise ConfigError(f"config {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
         raise ConfigError(f"config {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
