@@ -190,3 +190,9 @@ def test_bad_set_values_are_one_line(capsys, value):
     assert cli.main(["run", "--check", "--set", f"seed={value}"]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_memory_limit_env_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEDLEAK_MEMORY_LIMIT", "abc")
+    assert cli.main(["run", str(_cfg(tmp_path / "c.yaml")), "--out", str(tmp_path / "o"), "-q"]) != 0
+    _one_line_error(capsys, "FEDLEAK_MEMORY_LIMIT")
