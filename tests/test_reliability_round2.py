@@ -196,3 +196,25 @@ def test_bad_memory_limit_env_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDLEAK_MEMORY_LIMIT", "abc")
     assert cli.main(["run", str(_cfg(tmp_path / "c.yaml")), "--out", str(tmp_path / "o"), "-q"]) != 0
     _one_line_error(capsys, "FEDLEAK_MEMORY_LIMIT")
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "fedleak", "run", "--out", str(out), "-q", "--set", "data.size=16",
+                          "--set", "data.batch_size=1", "--set", "attack.iterations=100000"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "run.log").is_file() or "case:" not in (out / "run.log").read_text():
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert "INTERRUPTED" in (out / "run.log").read_text()
+    assert (out / "metrics.json").is_file() and not (out / COMPLETE_MARK).exists()

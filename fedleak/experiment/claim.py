@@ -59,3 +59,16 @@ def claim_run_dir(d: str | Path, complete_mark: str, resuming: bool = False) -> 
         release(key)
         raise ConfigError(f"cannot write to output folder {str(d)!r}: permission denied")
     return d
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def sigterm_as_interrupt() -> None:
+    """Handle SIGTERM like Ctrl-C (partial results, a line in run.log); only from the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)

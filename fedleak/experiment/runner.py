@@ -42,7 +42,7 @@ import yaml
 
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.io import COMPLETE_MARK, new_run_dir, write_json, write_text
-from fedleak.experiment.claim import claim_run_dir
+from fedleak.experiment.claim import claim_run_dir, sigterm_as_interrupt
 
 #: the run folder's attack checkpoint (see the module docstring)
 CHECKPOINT = "checkpoint.pt"
@@ -332,6 +332,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     from fedleak.experiment.resources import check as check_memory
 
     t_all = time.perf_counter()
+    sigterm_as_interrupt()
     log = RunLog()
     if resume is not None:
         if out is not None:
