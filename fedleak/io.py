@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from fedleak.errors import FedleakError
+from fedleak.errors import ConfigError, FedleakError
 
 COMPLETE_MARK = "COMPLETE"
 
@@ -221,7 +221,12 @@ def load_tensors(path: str | Path) -> dict:
 def new_run_dir(base: str | Path, name: str) -> Path:
     """Create ``base/name`` (or ``base/name-2``, ...) and return it."""
     base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"output.dir {str(base)!r} exists and is not a folder")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output.dir {str(base)!r}: {e.strerror or e}") from None
     for i in range(1, 10_000):
         d = base / (name if i == 1 else f"{name}-{i}")
         try:
@@ -229,4 +234,6 @@ def new_run_dir(base: str | Path, name: str) -> Path:
             return d
         except FileExistsError:
             continue
+        except OSError as e:
+            raise ConfigError(f"cannot create a run folder in output.dir {str(base)!r}: {e.strerror or e}") from None
     raise RuntimeError(f"too many runs named {name!r} in {base}")

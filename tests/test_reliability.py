@@ -250,6 +250,7 @@ def test_fresh_run_into_a_used_folder_never_resumes_its_checkpoint(tmp_path, cap
     assert cli.main(["run", str(cfg), "--out", str(other), "-q", "--set", "attack.iterations=40",
                      "--set", "attack.checkpoint=" + str(tmp_path / "planted.pt")]) == 0
     (out / "checkpoint.pt").write_bytes((tmp_path / "planted.pt").read_bytes())
+    (out / "COMPLETE").unlink()  # a complete folder is refused outright (issue 16); an unfinished one is reused
     assert cli.main(["run", str(cfg), "--out", str(out), "-q"]) == 0
     capsys.readouterr()
     second = json.loads((out / "metrics.json").read_text())

@@ -152,8 +152,7 @@ def test_missing_config_file(tmp_path, capsys):
 def test_interrupted_run_keeps_folder_without_complete(tmp_path, capsys):
     cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 6, "interrupt_at": 3})
     out = tmp_path / "int"
-    out.mkdir()
-    (out / "COMPLETE").write_text("ok\n")  # stale marker from an earlier run in the same folder
+    out.mkdir()  # an existing, unfinished folder (a complete one is refused: issue 16)
     assert cli.main(["run", str(cfg), "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and str(out) in err

@@ -112,6 +112,8 @@ def _list_folder(root: Path) -> list[tuple[Path, int]]:
                     label = int(row["label"])
                 except (TypeError, ValueError):
                     raise DataError(f"{csv_path}:{i}: label {row['label']!r} is not an integer") from None
+                if label < 0:
+                    raise DataError(f"{csv_path}:{i}: label {label} is negative (labels are class indices >= 0)")
                 items.append((root / row["file"], label))
         return items
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -15,12 +15,32 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedleak.config.pipeline import parse_pipeline as _parse_pipeline
 from fedleak.errors import ConfigError
 from fedleak.metrics.options import MetricOptions, metric_options
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v):
+        """``true`` is not an integer/number here (pydantic's lax mode would take it as 1)."""
+        if isinstance(v, dict):
+            for k, val in v.items():
+                f = cls.model_fields.get(k) if isinstance(k, str) else None
+                kinds = _scalar_types(f.annotation) if f is not None else set()
+                if isinstance(val, bool) and bool not in kinds and kinds & {int, float}:
+                    raise ValueError(f"{k} must be a number, got {str(val).lower()}")
+        return v
+
+
+def _scalar_types(ann) -> set:
+    import typing
+
+    args = typing.get_args(ann)
+    return set(args) if args else {ann}
 
 
 class DataConfig(_Strict):
@@ -164,31 +184,10 @@ class RunConfig(_Strict):
 
 
 def parse_pipeline(text: str) -> list[dict]:
-    """Parse ``"clip(1.0) -> gaussian(0.01) -> qsgd(16)"`` into steps.
-
-    A positional argument binds to the step's first parameter; ``key=value`` pairs bind by name.
-    """
+    """Parse ``"clip(1.0) -> gaussian(0.01) -> qsgd(16)"`` into steps (see :mod:`fedleak.config.pipeline`)."""
     from fedleak.client.obfuscations import OBFUSCATIONS, first_param
 
-    steps = []
-    for part in [p.strip() for p in text.replace("→", "->").split("->") if p.strip()]:
-        name, _, rest = part.partition("(")
-        name = name.strip()
-        step: dict[str, Any] = {"name": name}
-        if rest:
-            if not rest.endswith(")"):
-                raise ValueError(f"unbalanced parentheses in {part!r}")
-            args = [a.strip() for a in rest[:-1].split(",") if a.strip()]
-            for i, a in enumerate(args):
-                if "=" in a:
-                    k, _, val = a.partition("=")
-                    step[k.strip()] = yaml.safe_load(val)
-                elif i == 0:
-                    step[first_param(OBFUSCATIONS.get(name))] = yaml.safe_load(a)
-                else:
-                    raise ValueError(f"only the first argument may be positional in {part!r}")
-        steps.append(step)
-    return steps
+    return _parse_pipeline(text, lambda name: first_param(OBFUSCATIONS.get(name)))
 
 
 def _fmt_validation(e: ValidationError) -> str:
@@ -213,10 +212,20 @@ def _fmt_validation(e: ValidationError) -> str:
 
 
 def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML; ``1e-3`` (a string to YAML 1.1) as a number; too deep or too big refused."""
+    from fedleak.config.pipeline import _NUMBER
+
+    if _NUMBER.fullmatch(text.strip()):
+        t = text.strip()
+        if len(t) > 400:
+            raise ConfigError(f"--set: number {t[:20]}... has more than 400 digits")
+        return float(t) if any(c in t for c in ".eE") else int(t)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except (RecursionError, ValueError) as e:
+        raise ConfigError(f"--set: value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -255,6 +264,32 @@ def apply_override(raw: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}: parent is not a mapping")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for k, _ in node.value:
+        key = loader.construct_object(k, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ConfigError(f"config: key {key!r} is given twice (line {k.start_mark.line + 1})")
+        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (the loader is a SafeLoader: no Python tags)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_raw(path: str | Path | None) -> dict:
     if path is None:
         return {}
@@ -266,7 +301,11 @@ def load_raw(path: str | Path | None) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {str(p)!r}: {e}") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load_unique(text)
+    except RecursionError:
+        raise ConfigError(f"config {str(p)!r} is nested too deeply") from None
+    except ValueError as e:
+        raise ConfigError(f"config {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
         raise ConfigError(f"config {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None

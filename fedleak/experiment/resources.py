@@ -128,8 +128,11 @@ def available_bytes() -> tuple[Optional[int], str]:
     env = os.environ.get("FEDLEAK_MEMORY_LIMIT")
     if env:
         v = _parse_bytes(env)
-        if v is not None:
-            return v, "FEDLEAK_MEMORY_LIMIT"
+        if v is None:
+            from fedleak.errors import ConfigError
+
+            raise ConfigError(f"FEDLEAK_MEMORY_LIMIT={env!r} is not a size (bytes, or a number with K/M/G)")
+        return v, "FEDLEAK_MEMORY_LIMIT"
     avail, src = None, "unknown"
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

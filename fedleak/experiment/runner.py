@@ -43,6 +43,7 @@ import yaml
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
 from fedleak.io import COMPLETE_MARK, jsonable, new_run_dir, write_json, write_text
+from fedleak.experiment.claim import claim_run_dir, release, sigterm_as_interrupt
 
 
 class RunLog:
@@ -148,20 +149,14 @@ def default_name(cfg) -> str:
 
 def _prepare_dir(cfg, out: Optional[str | Path], resuming: bool = False) -> Path:
     if out is not None:
-        d = Path(out)
-        if d.exists() and not d.is_dir():
-            raise ConfigError(f"--out {str(d)!r} exists and is not a folder")
-        d.mkdir(parents=True, exist_ok=True)
-        stale = d / COMPLETE_MARK
-        if stale.is_file():
-            stale.unlink()  # a re-used folder must not look complete before this run is
+        d = claim_run_dir(out, COMPLETE_MARK, resuming)  # exclusive; a complete run is refused, never touched
         if not resuming and (d / CHECKPOINT).is_file():
             (d / CHECKPOINT).unlink()  # a fresh run never continues another run's attack
         return d
     name = cfg.output.name or default_name(cfg)
     if any(s in name for s in ("/", "\\")) or name in (".", ".."):
         raise ConfigError(f"output.name {name!r} must be a plain folder name")
-    return new_run_dir(cfg.output.dir, name)
+    return claim_run_dir(new_run_dir(cfg.output.dir, name), COMPLETE_MARK)
 
 
 
@@ -469,6 +464,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     :func:`evaluate_stage`, :func:`write_stage`.
     """
     t_all = time.perf_counter()
+    sigterm_as_interrupt()
     log = RunLog()
     if resume is not None:
         out, done = _resume_stage(resume, config, overrides, out, log)
@@ -498,6 +494,8 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         except OSError:
             pass
         raise
+    finally:
+        release(folder.path)  # the folder's claim ends with the run
 
 
 def summary_lines(run_dir: Path, metrics: dict) -> list[str]:

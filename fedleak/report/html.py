@@ -178,6 +178,8 @@ def run_body(folder: Path, level: int = 1) -> tuple[str, list[str]]:
             metrics = json.loads(mt)
         except ValueError:
             metrics = {}
+    if not isinstance(metrics, dict):  # e.g. a list or a number: shown as missing (--allow-incomplete)
+        metrics = {}
     att = (metrics.get("attack") or {}).get("name") or (cfg.get("attack") or {}).get("name", "?")
     model = (cfg.get("model") or {}).get("name", "?")
     proto = (cfg.get("protocol") or {}).get("name", "?")

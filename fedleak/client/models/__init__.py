@@ -6,6 +6,7 @@ initialised ``nn.Module`` whose random initialisation is fully determined by ``s
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import torch
 from torch import nn
@@ -57,6 +58,15 @@ def build_model(
     return model
 
 
+def _accepted_kwargs(factory, kwargs: dict) -> dict:
+    """The keyword arguments that ``factory`` declares (all of them if it takes ``**kwargs``)."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(kwargs)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
+
+
 def _import_model(path: str, **kwargs) -> nn.Module:
     """``pkg.module:Factory`` — the factory gets ``num_classes``, ``image_size`` and extra model kwargs."""
     mod_name, _, attr = path.partition(":")
@@ -69,10 +79,13 @@ def _import_model(path: str, **kwargs) -> nn.Module:
     if not hasattr(mod, attr):
         raise ConfigError(f"module {mod_name!r} has no attribute {attr!r}")
     factory = getattr(mod, attr)
+    if not ((inspect.isclass(factory) and issubclass(factory, nn.Module)) or inspect.isfunction(factory)):
+        raise ConfigError(f"user model {path!r} must name an nn.Module subclass or a Python factory function, "
+                          f"got {type(factory).__name__}")
     try:
-        model = factory(**kwargs)
-    except TypeError:
-        model = factory()
+        model = factory(**_accepted_kwargs(factory, kwargs))
+    except Exception as e:  # the user's code: any failure is one line, not a traceback
+        raise ConfigError(f"user model {path!r} failed to build: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"user model factory {path!r} returned {type(model).__name__}, not an nn.Module")
     return model
