@@ -15,7 +15,7 @@ from fedleak.errors import ConfigError
 from fedleak.experiment.claim import claim_run_dir, release
 from fedleak.io import COMPLETE_MARK, new_run_dir
 
-from tests.test_reliability import FAKE  # registers the fast fake attack
+from test_reliability import FAKE  # registers the fast fake attack (tests/ is on sys.path: no package)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,3 +232,18 @@ def test_import_models_must_name_a_module_class_or_a_python_factory(tmp_path, ca
         build_model("import:subprocess:run")
     model = build_model("import:torch.nn:Identity")  # a class: built with the keywords it declares (none)
     assert type(model).__name__ == "Identity"
+
+
+@pytest.mark.parametrize("obf", ["ldp(max_norm=1, epsilon=0.01)", "dpsgd(max_grad_norm=1, epsilon=0.01)"])
+def test_unreachable_dp_budget_is_one_line_naming_the_floor(tmp_path, capsys, obf):
+    """Issue 16, item 4: ``--check`` (ldp: calibrated at config time) and the run refuse it in one line."""
+    from fedleak import cli
+
+    args = ["run", "--set", f"obfuscation={obf}", "--set", "data.size=16", "--set", "data.batch_size=1",
+            "--set", "attack.iterations=1", "--out", str(tmp_path / "r"), "-q"]
+    if obf.startswith("ldp"):
+        args.append("--check")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is unreachable" in err[0] and "smallest reachable epsilon is about" in err[0]
+    assert not (tmp_path / "r" / "COMPLETE").exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import warnings
 
+from fedleak.errors import ConfigError
+
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -50,6 +52,10 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
         return float(acc.get_epsilon(delta=delta))
 
 
+#: :func:`epsilon` under a name that calibration's ``epsilon`` argument does not shadow
+_epsilon_of = epsilon
+
+
 def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int,
                          accountant: str = "rdp", tolerance: float = 0.01) -> float:
     """Smallest noise multiplier (Opacus's binary search, to ``tolerance`` in epsilon) whose epsilon is
@@ -71,8 +77,13 @@ def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps
         try:
             return float(get_noise_multiplier(target_epsilon=float(epsilon), target_delta=delta, sample_rate=q,
                                               steps=steps, accountant=accountant, epsilon_tolerance=tolerance))
-        except ValueError as e:  # "The privacy budget is too low."
-            raise ValueError(f"cannot reach epsilon={epsilon} at delta={delta}, q={q}, steps={steps}: {e}") from None
+        except ValueError:  # "The privacy budget is too low.": beyond Opacus's largest noise multiplier
+            from opacus.accountants.utils import MAX_SIGMA
+
+            floor = _epsilon_of(MAX_SIGMA, q, steps, delta, accountant)
+            raise ConfigError(f"epsilon={epsilon} is unreachable at delta={delta} (sample rate {q}, {steps} step(s)): "
+                              f"the smallest reachable epsilon is about {floor:.3g} (noise multiplier {MAX_SIGMA:g})"
+                              ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------

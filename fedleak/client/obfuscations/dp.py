@@ -58,6 +58,8 @@ class LDP(Obfuscation):
         self.mechanism = as_choice("mechanism", mechanism, ("gaussian", "laplace"))
         self.accountant = as_choice("accountant", accountant, ("rdp", "prv"))
         self._z: Optional[float] = None
+        if self.epsilon is not None:
+            self.effective_noise_multiplier()  # calibrate now: an unreachable budget fails at config time
 
     # -- noise scale -------------------------------------------------------------------------------------
     def effective_noise_multiplier(self) -> float:
