@@ -12,9 +12,9 @@ import difflib
 import math
 import os
 import typing
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedleak.attacks.engine.latent import PARAMETERISATIONS
 from fedleak.attacks.labels import METHODS as LABEL_METHODS
@@ -25,6 +25,14 @@ from fedleak.attacks.schedules import SCHEDULES
 from fedleak.errors import ConfigError
 from fedleak.options import Options
 from fedleak.registry import Registry
+
+
+def _fspath(v: Any) -> Any:
+    return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+#: a file-path option: a string, or any ``os.PathLike`` when given from Python
+PathOption = Annotated[Optional[str], BeforeValidator(_fspath)]
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 _MAX_SEED = 2**31 - 1
@@ -72,7 +80,7 @@ class EngineConfig(Options):
     big_threshold: int = Field(1 << 20, ge=1)
     seed: int = Field(0, ge=0, le=_MAX_SEED)
     threads: Optional[int] = Field(None, ge=1)
-    checkpoint: Optional[str] = None
+    checkpoint: PathOption = None
     checkpoint_every: int = Field(50, ge=1)
     resume: bool = True
     on_nan: Literal["error", "restart"] = "error"  # restart: from the last good state
@@ -124,11 +132,6 @@ class EngineConfig(Options):
         except ConfigError:
             raise ValueError(f"aware={v!r}; valid: {', '.join(AWARE_CHOICES)}") from None
         return v
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _path(cls, v):
-        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @model_validator(mode="after")
     def _one_tv(self):

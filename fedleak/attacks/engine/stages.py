@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -118,11 +117,6 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         if not raw:
             raise ValueError("stages: a multi-stage attack needs at least one stage")
         return [_stage(i, s) for i, s in enumerate(raw)]
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _path(cls, v):
-        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @model_validator(mode="after")
     def _valid_stages(self):
