@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedleak.options import Options
+
 # The test machine has 2 CPU cores shared with other jobs: intra-op thread pools only add spin-waiting
 # under contention, and every test uses small tensors, so run single-threaded.
 torch.set_num_threads(1)
@@ -32,25 +34,9 @@ def gen() -> torch.Generator:
 
 
 @pytest.fixture
-def attack_cfg(monkeypatch) -> dict:
-    """An ``attack:`` section that passes config validation.
-
-    Config validation resolves ``attack.name`` (default ``rog``). When the attack engine has registered
-    ``rog`` this is just ``{"name": "rog"}``; otherwise a no-op attack is registered for the duration of
-    the test only, so config/Case tests do not depend on the engine being present.
-    """
-    from fedleak.attacks import ATTACKS
-
-    if "rog" in ATTACKS:
-        return {"name": "rog"}
-    name = "test-noop"
-
-    def noop(view, update, *, callback=None):  # pragma: no cover - never run
-        raise AssertionError("test stub attack must not run")
-
-    monkeypatch.setitem(ATTACKS._items, name, noop)
-    monkeypatch.setitem(ATTACKS._docs, name, "test stub")
-    return {"name": name}
+def attack_cfg() -> dict:
+    """An ``attack:`` section that passes config validation (the engine's ``rog`` preset)."""
+    return {"name": "rog"}
 
 
 @pytest.fixture
@@ -67,6 +53,13 @@ def base_config(attack_cfg) -> dict:
 GREY_ATTACK = "test-grey"
 
 
+class SeededFakeOptions(Options):
+    """Options of the tests' fast fake attacks: how many iterations to report and the image seed."""
+
+    iterations: int = 3
+    seed: int = 0
+
+
 def _register_grey():
     from fedleak.attacks import ATTACKS, Reconstruction
 
@@ -80,6 +73,16 @@ def _register_grey():
 
 
 _register_grey()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (the machine is shared: tiny tensors on oversubscribed cores are slow),
+    restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -12,13 +12,10 @@ FAKE = "test-fake-api"
 
 if FAKE not in ATTACKS:
 
-    from fedleak.options import Options
+    from conftest import SeededFakeOptions
 
-    class _FakeOptions(Options):
-        iterations: int = 3
-        seed: int = 0
-
-    @ATTACKS.register(FAKE, doc="test attack: a deterministic function of the update only", options=_FakeOptions)
+    @ATTACKS.register(FAKE, doc="test attack: a deterministic function of the update only",
+                      options=SeededFakeOptions)
     def _fake(view, update, options, callback=None):
         iterations = options.iterations
         g = torch.Generator().manual_seed(options.seed)
@@ -31,13 +28,7 @@ if FAKE not in ATTACKS:
 ATTACK_SETTINGS = [(n, {"iterations": 3}) for n in ("rog", "dlg") if n in ATTACKS.names()] or [(FAKE, {})]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one intra-op thread is much faster than oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CFG = {"seed": 4, "threads": 1, "data": {"size": 16, "batch_size": 2}, "model": {"name": "lenet"},

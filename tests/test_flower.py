@@ -26,12 +26,7 @@ MODEL = {"name": "lenet", "num_classes": 1000}
 ATTACK = {"name": "rog", "iterations": 3}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Proxy(ClientProxy):

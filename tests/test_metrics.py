@@ -9,12 +9,7 @@ from skimage.metrics import structural_similarity
 from fedleak import metrics as M
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()  # tiny tensors on a shared machine: one thread avoids oversubscription
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _imgs(b=3, s=24, seed=0):

@@ -32,13 +32,9 @@ FAKE = "test-fake-reliability"
 
 if FAKE not in ATTACKS:
 
-    from fedleak.options import Options
+    from conftest import SeededFakeOptions
 
-    class _FakeOptions(Options):
-        iterations: int = 3
-        seed: int = 0
-
-    @ATTACKS.register(FAKE, doc="test attack: seeded noise images (fast)", options=_FakeOptions)
+    @ATTACKS.register(FAKE, doc="test attack: seeded noise images (fast)", options=SeededFakeOptions)
     def _fake(view, update, options, callback=None):
         iterations = options.iterations
         g = torch.Generator().manual_seed(options.seed)

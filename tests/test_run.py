@@ -20,11 +20,10 @@ if FAKE not in ATTACKS:
 
     from typing import Optional
 
-    from fedleak.options import Options
+    from conftest import SeededFakeOptions
 
-    class _FakeOptions(Options):
+    class _FakeOptions(SeededFakeOptions):
         iterations: int = 4
-        seed: int = 0
         interrupt_at: Optional[int] = None
 
     @ATTACKS.register(FAKE, doc="test attack: seeded noise images, optional simulated Ctrl-C",
