@@ -67,7 +67,7 @@ def test_checkpoint_with_code_is_refused(tmp_path, capsys):
     ck = _evil_torch_file(tmp_path / "checkpoint.pt", marker,
                           wrap=lambda p: {"config": {}, "restart": 0, "best": {"loss": 1.0}, "z": p})
     with pytest.raises(ConfigError, match="refusing to load it"):
-        engine._load_checkpoint(ck, engine_config("rog", None))
+        engine.load_checkpoint(ck, engine_config("rog", None))
     assert not marker.exists()
     # through the CLI: a run folder whose checkpoint was swapped for the payload
     run_dir = tmp_path / "run"

@@ -159,7 +159,6 @@ def _prepare_dir(cfg, out: Optional[str | Path], resuming: bool = False) -> Path
     return claim_run_dir(new_run_dir(cfg.output.dir, name), COMPLETE_MARK)
 
 
-
 def _check_update_finite(update) -> None:
     bad = [k for k, t in update.tensors.items()
            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -40,9 +40,6 @@ from fedleak.attacks.engine import loop  # noqa: F401  (the module, e.g. for tes
 from fedleak.attacks.matching import Matcher, matching_mode
 from fedleak.attacks.priors import total_variation
 
-#: the checkpoint functions under their former names
-_load_checkpoint, _save_checkpoint, _fingerprint = load_checkpoint, save_checkpoint, fingerprint
-
 __all__ = ["AUTO_BF16_MIN_BATCH", "EngineConfig", "Latent", "Matcher", "PARAMETERISATIONS", "PRECISIONS",
            "Parameterisation", "Parts", "Problem", "check_update", "matching_mode", "native_bfloat16", "optimise",
            "prepare", "resolve_labels", "run_stages", "SHARED", "StagedConfig", "StageOptions", "merge_stages",
