@@ -413,3 +413,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for ov in overrides or []:
         apply_override(raw, ov)
     return validate(raw)
+
+
+def as_config(config: Any = None, overrides: list[str] | None = None) -> RunConfig:
+    """A validated :class:`RunConfig` from what the API accepts: None (all defaults), a YAML path, a dict or a
+    RunConfig (returned as is when there are no overrides), with ``overrides`` applied."""
+    if isinstance(config, RunConfig):
+        return load_config(base=config.to_dict(), overrides=overrides) if overrides else config
+    if isinstance(config, dict):
+        return load_config(base=config, overrides=overrides)
+    return load_config(config, overrides)

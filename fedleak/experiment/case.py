@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from fedleak.config.schema import RunConfig, load_config, validate
+from fedleak.config.schema import as_config
 from fedleak.client.data import ImageSet
 from fedleak.client.weights import load_weights
 from fedleak.experiment.data import load_data
@@ -29,21 +29,9 @@ from fedleak.server.scenarios import SCENARIOS, ServerContext, build_scenario
 from fedleak.server.view import ServerView
 
 
-def _as_config(config: Any, overrides: Optional[list[str]] = None) -> RunConfig:
-    if config is None:
-        return load_config(base={}, overrides=overrides)
-    if isinstance(config, RunConfig):
-        if overrides:
-            return load_config(base=config.to_dict(), overrides=overrides)
-        return config
-    if isinstance(config, dict):
-        return load_config(base=config, overrides=overrides)
-    return load_config(config, overrides)
-
-
 class Case:
     def __init__(self, config: Any = None, overrides: Optional[list[str]] = None, images: Optional[ImageSet] = None):
-        self.config = _as_config(config, overrides)
+        self.config = as_config(config, overrides)
         cfg = self.config
         d = cfg.data
         self.data = images if images is not None else load_data(d)

@@ -40,6 +40,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from fedleak.config.schema import as_config
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
 from fedleak.io import COMPLETE_MARK, jsonable, new_run_dir, write_json, write_text
@@ -115,16 +116,6 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _load(config: Any, overrides: Optional[list[str]]):
-    from fedleak.config.schema import RunConfig, load_config
-
-    if isinstance(config, RunConfig):
-        return load_config(base=config.to_dict(), overrides=overrides)
-    if isinstance(config, dict):
-        return load_config(base=config, overrides=overrides)
-    return load_config(config, overrides)
 
 
 def _subject_masks(cfg, case, log: RunLog):
@@ -232,7 +223,7 @@ def prepare(config: Any = None, overrides: Optional[list[str]] = None, force: bo
     memory (``force`` overrides)."""
     from fedleak.experiment.resources import check as check_memory
 
-    cfg = _load(config, overrides)
+    cfg = as_config(config, overrides)
     est = check_memory(cfg, force=force, log=log)
     return Plan(cfg=cfg, attack=dict(cfg.sections.attack), memory=est)
 
