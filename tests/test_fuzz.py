@@ -236,9 +236,9 @@ def test_bad_images_are_one_line_data_errors(tmp_path, capsys, kind):
     d.mkdir()
     make(d)
     with pytest.raises(DataError) as e:
-        load_folder(d, 16)
+        load_folder(d, 16, labels="none")
     assert needle in _one_line(e.value)
-    rc = cli.main(["run", "--out", str(tmp_path / "run"), "-q", "--set", f"data.source={d}",
+    rc = cli.main(["run", "--out", str(tmp_path / "run"), "-q", "--set", f"data.source={d}", "--set", "data.labels=none",
                    "--set", "data.size=16", "--set", f"attack.name={FAKE}", "--set", "threads=1"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("fedleak: error: ") and err.count("\n") == 1 and needle in err
@@ -257,7 +257,7 @@ def test_unusual_but_valid_images_load_as_rgb(tmp_path, kind):
         Image.fromarray(np.dstack([_rgb(), np.zeros((20, 26), np.uint8)])).save(d / "a.png")
     else:  # 4000 x 3000 = 12 Mpixel: below the bomb limit, decoded then resized
         Image.new("RGB", (4000, 3000), (10, 200, 30)).save(d / "a.png")
-    x = load_folder(d, 16).images
+    x = load_folder(d, 16, labels="none").images
     assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
     if kind == "gray":
         assert torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 1], x[0, 2])

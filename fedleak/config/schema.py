@@ -44,10 +44,24 @@ def _scalar_types(ann) -> set:
 
 
 class DataConfig(_Strict):
-    source: str = Field("builtin", description="'builtin' (scikit-image photos) or a folder path")
+    source: str = Field("builtin", description="'builtin' (scikit-image photos), 'digits', a folder, a .npz file "
+                        "or 'import:module:attr' (a dataset object; importing runs that module); see docs/data.md")
     size: int = Field(64, ge=4, le=1024, description="square image size after resizing")
     batch_size: int = Field(4, ge=1, le=4096, description="images in the client's batch")
-    start: int = Field(0, ge=0, description="index of the first image")
+    start: int = Field(0, ge=0, description="index of the first image in the source's (sampling) order")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the sampling order (class-folder trees, shuffle); "
+                      "independent of the run seed")
+    shuffle: Optional[bool] = Field(None, description="None: class-folder trees interleaved across classes, other "
+                                    "sources in their own order; true: every source shuffled; false: none")
+    labels: Literal["auto", "none"] = Field("auto", description="'none': the images are unlabelled (attacks must "
+                                            "recover labels; label metrics are not computed)")
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        if v.startswith("import:") and not all(v[len("import:"):].partition(":")[::2]):
+            raise ValueError(f"an import source must look like 'import:package.module:attr', got {v!r}")
+        return v
     resize: Literal["crop", "stretch"] = "crop"
     subject_only: bool = False
     segmenter: str = "none"
@@ -379,10 +393,28 @@ def resolve_sections(cfg: RunConfig) -> Sections:
     if "seed" not in attack and ATTACKS.caps(attack["name"]).seeds:
         attack["seed"] = cfg.seed
     attack_options = check_attack_config(attack)
+    _check_known_labels(cfg, attack_options)
     metrics = metric_options(cfg.metrics)
     enhancer = check_enhancer(cfg.enhancer)
     return Sections(attack=attack, attack_options=attack_options, enhancer=enhancer, server=server,
                     metrics=metrics)
+
+
+def _check_known_labels(cfg: RunConfig, attack_options: Any) -> None:
+    """With ``data.labels: none`` nobody knows the true labels: refuse an attack that needs them."""
+    from fedleak.attacks import ATTACKS
+    from fedleak.attacks.labels import METHODS
+
+    name = cfg.attack["name"]
+    if cfg.data.labels != "none":
+        return
+    recover = ", ".join(m for m in METHODS if m != "known")
+    if ATTACKS.caps(name).needs_labels:
+        raise ConfigError(f"attack {name} needs the client's true labels but data.labels is none; use an attack "
+                          f"with a labels option that recovers them ({recover})")
+    if "labels" in type(attack_options).model_fields and attack_options.labels == "known":
+        raise ConfigError(f"attack {name}: labels: known needs the client's true labels but data.labels is none; "
+                          f"use labels: {recover} (auto recovers them from the update)")
 
 
 def _check_finite(node: Any, where: str) -> None:

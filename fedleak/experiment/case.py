@@ -34,7 +34,7 @@ class Case:
         self.config = as_config(config, overrides)
         cfg = self.config
         d = cfg.data
-        self.data = images if images is not None else load_data(d)
+        self.data = images if images is not None else load_data(d, cfg.model.num_classes)
         n_cls = cfg.model.num_classes
         if int(self.data.labels.max()) >= n_cls:
             raise ConfigError(
@@ -125,7 +125,7 @@ class Case:
             local_batch_size=p.local_batch_size if p.name == "fedavg" else None,
             batch_size=n,
             num_examples=n,
-            labels=self.labels.clone() if p.share_labels else None,
+            labels=self.labels.clone() if p.share_labels and self.data.labels_known else None,  # unlabelled: none to share
             obfuscation=self.pipeline.describe(),
             stats=stats,
         )

@@ -336,7 +336,11 @@ def evaluate_stage(cfg, case, rec, enhanced: Optional[torch.Tensor], log: RunLog
     opts = cfg.sections.metrics.evaluate_kwargs()
     t0 = time.perf_counter()
     masks = _subject_masks(cfg, case, log)
-    raw = M.evaluate(case.images, rec, true_labels=case.labels, masks=masks, **opts)
+    known = case.data.labels_known  # data.labels: none -> the labels are placeholders: no label metric
+    raw = M.evaluate(case.images, rec, true_labels=case.labels if known else None, masks=masks, **opts)
+    if not known:
+        raw["label_metrics"] = "not computable: data.labels is none (the images have no true labels)"
+        log("data.labels: none: label metrics not computed; the update carries no labels")
     enh = M.evaluate(case.images, enhanced, true_labels=None, masks=masks, **opts) if enhanced is not None else None
     server = case.scenario_metrics()
     return Scores(raw=raw, enhanced=enh, seconds=time.perf_counter() - t0, server=server)

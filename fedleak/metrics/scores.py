@@ -380,7 +380,8 @@ def evaluate(true_images: Any, rec: Any, true_labels: Any = None, masks: Any = N
 
     PSNR is capped at ``psnr_cap`` dB (100, as in the ROG code) so identical images stay finite.
     Label accuracy is reported when the reconstruction carries labels and ``true_labels`` is given:
-    ``label_accuracy`` slot by slot after the image matching, ``label_set_accuracy`` order-free.
+    ``label_accuracy`` slot by slot after the image matching, ``label_set_accuracy`` order-free; with labels
+    but no ``true_labels``, ``label_metrics`` says that they were not computable.
     With ``masks`` (B, 1, H, W, aligned with the true images) subject-region PSNR (MSE over the mask) and
     SSIM (SSIM map averaged over the mask) are added. ``match_order=False`` skips the matching and compares
     position by position (identity permutation).
@@ -427,4 +428,6 @@ def evaluate(true_images: Any, rec: Any, true_labels: Any = None, masks: Any = N
         for k in ("label_accuracy", "label_set_accuracy"):
             if k in out:
                 out["mean"][k] = out[k]
+    elif rec_labels is not None:
+        out["label_metrics"] = "not computable: no true labels given"
     return out
