@@ -67,7 +67,8 @@ values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3),
                       max_leaves=6)
 SECTIONS = {
     "seed": None, "threads": None, "obfuscation": ["name", "levels", "sparsity", "sigma", "max_norm"],
-    "data": ["source", "size", "batch_size", "start", "resize", "subject_only", "segmenter", "sam_checkpoint", "bogus"],
+    "data": ["source", "size", "batch_size", "start", "seed", "shuffle", "labels", "resize", "subject_only", "segmenter",
+             "sam_checkpoint", "bogus"],
     "model": ["name", "num_classes", "width", "activation", "seed", "options", "bogus"],
     "protocol": ["name", "lr", "local_steps", "local_batch_size", "epochs", "share_labels", "send"],
     "attack": ["name", "iterations", "lr", "restarts", "scale", "on_nan", "dtype", "checkpoint", "checkpoint_every",
