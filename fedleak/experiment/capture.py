@@ -125,12 +125,26 @@ def _read(path: str) -> tuple[Any, Optional[dict], str]:
     return tensors, None, "safetensors" if p.suffix.lower() in (".safetensors", ".st") else "torch.save"
 
 
-def _infer_classes(tensors: Any) -> Optional[int]:
-    """The length of the last 1-D tensor (a classifier's bias), the usual number of classes."""
-    vals = list(tensors.values()) if isinstance(tensors, dict) else list(tensors)
-    for t in reversed(vals):
-        if t.dim() == 1 and t.numel() >= 2:
-            return int(t.numel())
+def _infer_classes(name: str, m: dict, size: int, channels: int, tensors: Any) -> Optional[int]:
+    """The number of classes the update was computed with: the model is built twice on the meta device (no
+    memory), with 2 and 3 classes, and the update's tensor for the parameter whose shape changes gives it."""
+    from fedleak.client.models import build_model
+
+    kw = dict(image_size=size, width=m.get("width", 1.0), activation=m.get("activation", "relu"), seed=0,
+              **(m.get("options") or {}))
+    if channels != 3:
+        kw["channels"] = channels
+    with torch.device("meta"):
+        a, b = (build_model(name, num_classes=n, **kw) for n in (2, 3))
+    sa, sb = a.state_dict(), b.state_dict()
+    if isinstance(tensors, (list, tuple)):
+        names = [k for k, _ in a.named_parameters()]
+        tensors = dict(zip(names if len(names) == len(tensors) else list(sa), tensors))
+    got = {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
+    for k, t in sa.items():
+        if k in sb and k in got and t.shape != sb[k].shape and got[k].dim() == t.dim():
+            d = next(i for i, (p, q) in enumerate(zip(t.shape, sb[k].shape)) if p != q)
+            return int(got[k].shape[d])
     return None
 
 
@@ -156,12 +170,12 @@ def _raw_config(req: CaptureRequest, meta: Optional[dict], tensors: Any) -> tupl
     if "name" not in m:
         raise ConfigError("give --model NAME (a registered model or import:pkg.module:Factory): the model the "
                           "server sent")
+    channels, size = _shape(req, server, d)
     if "num_classes" not in m:
-        n = _infer_classes(tensors)
+        n = _infer_classes(m["name"], m, size, channels, tensors)
         if n is None:
             raise ConfigError("cannot tell the number of classes from the update; give --set model.num_classes=N")
         m["num_classes"] = n
-    channels, size = _shape(req, server, d)
     d["source"], d["size"] = "captured", size
     labels = req.labels if req.labels is not None else meta.get("labels")
     b = req.batch_size or d.get("batch_size") or (len(labels) if labels else None) or meta.get("batch_size")
