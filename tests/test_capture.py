@@ -241,3 +241,20 @@ def test_simulate_writes_compact_and_attack_reads_it_back(tmp_path, capsys, one_
     assert m["model"]["name"] == "lenet" and m["attack"]["name"] == "rog"
     assert m["summary"]["bits_per_parameter"] == pytest.approx(stats["bits_per_parameter"])
     assert os.path.getsize(out / "reconstruction.pt") > 0
+
+
+def test_labels_and_shape_arguments(tmp_path):
+    from fedleak.errors import ConfigError
+    from fedleak.experiment.capture import parse_labels, parse_shape
+
+    assert parse_labels("3,1,4") == [3, 1, 4]
+    (tmp_path / "y.txt").write_text("3 1\n4\n")
+    assert parse_labels(str(tmp_path / "y.txt")) == [3, 1, 4]
+    torch.save(torch.tensor([[2], [7]]), tmp_path / "y.pt")
+    assert parse_labels(str(tmp_path / "y.pt")) == [2, 7]
+    assert parse_shape("1,28,28") == (1, 28, 28)
+    for bad in ("3,32,30", "3x32", "a,b,c"):
+        with pytest.raises(ConfigError, match="--shape"):
+            parse_shape(bad)
+    with pytest.raises(ConfigError, match="--labels"):
+        parse_labels("3,x")

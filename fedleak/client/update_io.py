@@ -321,4 +321,9 @@ def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor] | list[torch.T
         return dict(obj)
     if isinstance(obj, (list, tuple)) and obj and all(torch.is_tensor(v) for v in obj):
         return list(obj)
+    if isinstance(obj, dict):
+        bad = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))), None)
+        if bad is not None:
+            raise DataError(f"{what}: entry {bad[0]!r} is {type(bad[1]).__name__}, not a tensor (a parameter "
+                            "without a gradient? save only tensors)")
     raise DataError(f"{what} holds {type(obj).__name__}, not a state_dict (names -> tensors) or a list of tensors")

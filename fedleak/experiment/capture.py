@@ -189,6 +189,10 @@ def _raw_config(req: CaptureRequest, meta: Optional[dict], tensors: Any) -> tupl
     steps = req.local_steps or p.get("local_steps") or (
         max(1, int(meta.get("local_steps", 1)) // max(1, int(meta.get("epochs", 1)))) if meta else 1)
     p["local_steps"] = int(steps)
+    if meta.get("protocol"):
+        p.setdefault("name", meta["protocol"])
+        if meta.get("kind") in ("delta", "pseudo-gradient"):
+            p.setdefault("send", meta["kind"])
     for k in ("epochs", "local_batch_size"):
         if meta.get(k) is not None:
             p.setdefault(k, meta[k])
@@ -379,6 +383,9 @@ def load_capture(req: CaptureRequest, log=None) -> Captured:
         info["kind_detection"] = f"{update.kind}: from the file's metadata"
     else:
         update = _foreign_update(got, model, cfg, req, what, info)
+        cfg.protocol.name = update.protocol  # recorded in config.yaml as the server understood the round
+        if update.kind == "delta":
+            cfg.protocol.send = "delta"
         update.obfuscation = build_pipeline(cfg.obfuscation).describe()
     n = cfg.data.batch_size
     labels = req.labels if req.labels is not None else (meta or {}).get("labels")
