@@ -258,3 +258,36 @@ def test_labels_and_shape_arguments(tmp_path):
             parse_shape(bad)
     with pytest.raises(ConfigError, match="--labels"):
         parse_labels("3,x")
+
+
+def test_user_model_by_import_path(tmp_path, monkeypatch, capsys):
+    """``--model import:pkg.module:Factory``: the user's own nn.Module, gradients saved as safetensors."""
+    from safetensors.torch import save_file
+
+    from conftest import GREY_ATTACK
+
+    (tmp_path / "tinynet_capture.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, image_size=8):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(1, 4, 3, padding=1)\n"
+        "        self.fc = nn.Linear(4 * image_size * image_size, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.sigmoid(self.conv(x)).flatten(1))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tinynet_capture
+
+    net = tinynet_capture.Net(num_classes=5, image_size=8)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    F.cross_entropy(net(torch.rand(2, 1, 8, 8)), torch.tensor([1, 4])).backward()
+    save_file({n: p.grad.contiguous() for n, p in net.named_parameters()}, str(tmp_path / "g.safetensors"))
+    out = tmp_path / "run"
+    rc, err = _attack(["--model", "import:tinynet_capture:Net", "--weights", str(tmp_path / "w.pt"),
+                       "--update", str(tmp_path / "g.safetensors"), "--shape", "1,8,8", "--labels", "1,4",
+                       "--attack", GREY_ATTACK, "--out", str(out), "-q"], capsys)
+    assert rc == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["update"]["format"] == "safetensors" and m["update"]["channels"] == 1
+    assert load_tensors(out / "reconstruction.pt")["images"].shape == (2, 1, 8, 8)
+    check_complete(out)

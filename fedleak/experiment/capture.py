@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fedleak.client.update import Update
-from fedleak.errors import ConfigError, DataError, NumericalError
+from fedleak.errors import ConfigError, DataError, FedleakError, NumericalError
 
 #: the file a captured run folder holds beside the usual ones (``fedleak run --resume`` refuses such folders)
 CAPTURE_FILE = "capture.json"
@@ -134,8 +134,13 @@ def _infer_classes(name: str, m: dict, size: int, channels: int, tensors: Any) -
               **(m.get("options") or {}))
     if channels != 3:
         kw["channels"] = channels
-    with torch.device("meta"):
-        a, b = (build_model(name, num_classes=n, **kw) for n in (2, 3))
+    try:
+        with torch.device("meta"):
+            a, b = (build_model(name, num_classes=n, **kw) for n in (2, 3))
+    except FedleakError:
+        raise
+    except Exception:  # a user model that does not build on the meta device: ask for model.num_classes
+        return None
     sa, sb = a.state_dict(), b.state_dict()
     if isinstance(tensors, (list, tuple)):
         names = [k for k, _ in a.named_parameters()]
@@ -200,7 +205,8 @@ def _raw_config(req: CaptureRequest, meta: Optional[dict], tensors: Any) -> tupl
     if meta and "obfuscation" not in raw:
         raw["obfuscation"] = [dict(s) for s in meta.get("obfuscation") or []]
     if req.attack:
-        raw["attack"] = {**(raw.get("attack") or {}), "name": req.attack}
+        prev = raw.get("attack")
+        raw["attack"] = {**(prev if isinstance(prev, dict) else {}), "name": req.attack}
     return raw, channels
 
 
