@@ -291,3 +291,44 @@ def test_user_model_by_import_path(tmp_path, monkeypatch, capsys):
     assert m["update"]["format"] == "safetensors" and m["update"]["channels"] == 1
     assert load_tensors(out / "reconstruction.pt")["images"].shape == (2, 1, 8, 8)
     check_complete(out)
+
+
+def test_update_captured_from_a_flower_client(client, tmp_path, capsys):
+    """A plain-PyTorch Flower ``NumPyClient`` (local SGD in ``fit``): the server saves the parameters it sent
+    and the ones ``fit`` returned, and attacks them."""
+    flwr_client = pytest.importorskip("flwr.client")
+    import numpy as np
+
+    model, x, y = client
+
+    class PlainClient(flwr_client.NumPyClient):
+        def __init__(self, net):
+            self.net = net
+
+        def get_parameters(self, config):
+            return [v.detach().cpu().numpy() for v in self.net.state_dict().values()]
+
+        def fit(self, parameters, config):
+            keys = list(self.net.state_dict())
+            self.net.load_state_dict({k: torch.tensor(np.asarray(a)) for k, a in zip(keys, parameters)})
+            opt = torch.optim.SGD(self.net.parameters(), lr=config["lr"])
+            for _ in range(config["local_steps"]):
+                opt.zero_grad()
+                F.cross_entropy(self.net(x), y).backward()
+                opt.step()
+            return self.get_parameters(config), int(x.shape[0]), {}
+
+    victim = PlainClient(build_model("lenet-dlg", num_classes=10, image_size=SIZE, activation="sigmoid", seed=1))
+    sent = [v.numpy() for v in model.state_dict().values()]  # the server's global model this round
+    returned, _, _ = victim.fit(sent, {"lr": 0.1, "local_steps": 2})
+    keys = list(model.state_dict())
+    torch.save(dict(zip(keys, map(torch.tensor, sent))), tmp_path / "sent.pt")
+    torch.save(dict(zip(keys, map(torch.tensor, returned))), tmp_path / "returned.pt")
+    out = tmp_path / "run"
+    rc, err = _attack(["--update", str(tmp_path / "returned.pt"), "--weights", str(tmp_path / "sent.pt"), *MODEL,
+                       "--batch-size", "1", "--lr", "0.1", "--local-steps", "2", "--attack", "idlg",
+                       "--set", "attack.iterations=8", "--out", str(out), "-q"], capsys)
+    assert rc == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["update"]["kind"] == "delta" and m["summary"]["recovered_labels"] == [3]
+    assert float(psnr(x, load_tensors(out / "reconstruction.pt")["images"])) > 25.0
