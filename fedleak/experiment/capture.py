@@ -387,6 +387,10 @@ def load_capture(req: CaptureRequest, log=None) -> Captured:
         m = {k: v for k, v in meta.items() if k not in ("server", "labels", "stats")}
         update = Update(tensors={k: got[k].float() for k, _ in model.named_parameters()}, **m)
         info["kind_detection"] = f"{update.kind}: from the file's metadata"
+        if req.lr is not None and update.protocol == "fedavg":
+            update.lr = req.lr  # a flag the user gave wins over the file's metadata
+        if req.local_steps and update.protocol == "fedavg":
+            update.local_steps = req.local_steps * update.epochs
     else:
         update = _foreign_update(got, model, cfg, req, what, info)
         cfg.protocol.name = update.protocol  # recorded in config.yaml as the server understood the round
