@@ -8,7 +8,7 @@ import sys
 
 from fedleak.errors import FedleakError
 
-COMMANDS = ["list", "simulate", "run", "sweep", "report", "train-enhancer", "train-victim"]
+COMMANDS = ["list", "simulate", "run", "attack", "sweep", "report", "train-enhancer", "train-victim"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,27 +48,30 @@ class Update:
             "stats": self.stats,
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, server: Optional[dict] = None) -> None:
+        """Write the update as sent (:mod:`fedleak.client.update_io`: sparse, quantised or sign updates in their
+        wire form, verified to decode exactly), with its metadata; ``server``: what the server knows about the
+        model it sent (model name, keyword arguments, input shape), so that ``fedleak attack`` can rebuild it."""
         from safetensors.torch import save_file
 
+        from fedleak.client.update_io import CODEC_KEY, META_KEY, SERVER_KEY, encode
         from fedleak.io import atomic_path
 
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
+        parts, header = encode(self.tensors, self.obfuscation)
+        meta = {META_KEY: json.dumps(self.meta()), CODEC_KEY: json.dumps(header)}
+        if server is not None:
+            meta[SERVER_KEY] = json.dumps(server)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"fedleak_update": json.dumps(self.meta())})
+            save_file(parts, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Update":
-        from safetensors import safe_open
+        from fedleak.client.update_io import read_tensors
 
         p = Path(path)
         if not p.is_file():
             raise DataError(f"update file {str(p)!r} not found")
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("fedleak_update", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises assorted errors on bad files
-            raise DataError(f"{str(p)!r} is not a valid fedleak update file: {e}") from None
+        tensors, meta = read_tensors(p)
+        meta.pop("server", None)
         labels = meta.pop("labels", None)
         return cls(tensors=tensors, labels=None if labels is None else torch.tensor(labels), **meta)

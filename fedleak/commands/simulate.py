@@ -30,7 +30,9 @@ def main(args) -> int:
     import yaml
 
     write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    update.save(out / "update.safetensors")
+    from fedleak.experiment.capture import server_record
+
+    update.save(out / "update.safetensors", server=server_record(case))  # as sent: sparse/quantised compactly
     write_json(out / "stats.json", {"seed": cfg.seed, "obfuscation": update.obfuscation, **update.stats})
     mark_complete(out)
     s = update.stats
@@ -39,5 +41,8 @@ def main(args) -> int:
     if "privacy" in s:
         line += f", epsilon {s['privacy']['epsilon']:.4g} (delta {s['privacy']['delta']:g})"
     print(line)
+    size = (out / "update.safetensors").stat().st_size
+    print(f"update.safetensors: {size:,} bytes as sent (dense float32: {4 * s['num_parameters']:,}); "
+          f"attack it with: fedleak attack --update {out / 'update.safetensors'}")
     print(f"wrote {out}")
     return 0

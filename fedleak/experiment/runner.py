@@ -166,6 +166,8 @@ def _resume_source(resume: str | Path, config: Any, overrides: Optional[list[str
         raise ConfigError(f"--resume {str(d)!r}: no such run folder")
     if not (d / "config.yaml").is_file():
         raise ConfigError(f"--resume {str(d)!r}: no config.yaml there, not a fedleak run folder")
+    if (d / "capture.json").is_file():
+        raise ConfigError(f"--resume {str(d)!r}: a captured-update run (fedleak attack); run that command again")
     return d
 
 

@@ -197,6 +197,10 @@ def run_body(folder: Path, level: int = 1) -> tuple[str, list[str]]:
         rows = [("PSNR (dB)", _num(s.get("psnr"), "{:.2f}")), ("SSIM", _num(s.get("ssim"))),
                 ("ROG-SSIM", _num(s.get("ssim_rog"))), ("1 - HaarPSI (perceptual, lower = closer)",
                                                         _num(s.get("perceptual")))]
+        if metrics.get("captured"):  # fedleak attack: no true images, so no image metrics
+            rows = [("image metrics", "not computable: no true images (captured update)"),
+                    ("final matching loss", _num(s.get("final_loss"), "{:.4g}")),
+                    ("recovered labels", _e(s.get("recovered_labels")))]
         if "label_accuracy" in s:
             rows.append(("label accuracy", _num(s.get("label_accuracy"), "{:.2f}")))
         for k in ("psnr", "ssim"):
@@ -251,10 +255,12 @@ def _images_section(folder: Path, cfg: dict, metrics: dict, level: int) -> list[
     rec_labels = blob.get("labels")
     originals, why = None, ""
     try:
-        originals = _load_originals(cfg, n)
+        originals = None if metrics.get("captured") else _load_originals(cfg, n)
     except Exception as e:  # noqa: BLE001 - data moved/unavailable: fall back to grid.png
         why = f"{type(e).__name__}: {e}"
-    if originals is None:
+    if metrics.get("captured"):  # fedleak attack: grid.png holds the reconstructions only
+        out.append('<p class="sub">no original images: the update was captured (fedleak attack)</p>')
+    elif originals is None:
         out.append(f'<p class="sub">the original images could not be reloaded from the config ({_e(why)}); '
                    "showing grid.png (originals over reconstructions)</p>")
         out.append(_img(file_data_uri(folder / "grid.png"), "grid of originals and reconstructions", "plot", "grid"))
