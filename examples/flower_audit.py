@@ -1,144 +1,211 @@
-"""Audit a Flower federated-learning simulation live with fedleak.
+"""Audit a Flower federated-learning simulation live with fedleak (Flower's current ServerApp/ClientApp API).
 
-Four Flower clients each hold one of fedleak's bundled photos (``fedleak.data.load_builtin``) and train a
-LeNet with FedAvg (2 local SGD steps); each compresses its update with fedleak's ``qsgd`` obfuscation before
-sending it. The server runs Flower's own ``FedAvg`` strategy, wrapped in ``fedleak.integrations.flower.AuditStrategy``,
-which forwards everything to FedAvg unchanged and, in every round, attacks each client's update with ROG
-(from the server's knowledge only), then scores the reconstruction against the client's true image (the
-simulation knows it). Results: ``OUT/audit.json`` and one PNG (original over reconstruction) per round and
-client.
+The Flower side is what a Flower user writes: a PyTorch ``Net``, a ``ClientApp`` whose ``@app.train()``
+function loads the global weights from the message's ``ArrayRecord``, runs an ordinary SGD loop over its
+local ``DataLoader`` and replies with its new ``state_dict`` and a ``MetricRecord``, and a ``ServerApp``
+whose ``@app.main()`` runs Flower's ``FedAvg`` (``flwr.serverapp.strategy``) with ``strategy.start(...)``.
+Each of the four clients holds bundled photos (one by default); nothing of fedleak runs on the clients.
+
+The one fedleak line is on the server: ``FedAvg`` is wrapped in ``fedleak.integrations.flower.AuditStrategy``,
+which forwards everything to FedAvg unchanged and, in every round, attacks each client's reply (ROG by
+default, from the server's knowledge only: the weights it sent, the weights that came back, the learning
+rate and step count the client reported), then scores the reconstruction against the client's true images
+(the simulation knows them). Results: ``OUT/audit.json`` and one PNG per round and client;
+``fedleak report OUT`` renders them as one HTML page.
+
+``--capture DIR`` makes each client also save what it sent, for ``fedleak attack``: per round and client a
+folder ``DIR/round001-client0/`` with ``server_weights.pt`` (the global ``state_dict`` it received),
+``update.pt`` (its ``state_dict`` after local training) and ``meta.json`` (lr, local steps, batch size,
+labels, the model as ``import:flower_audit:Net``).
 
     pip install -e ".[flwr]"                # Flower with its Ray simulation engine
-    python examples/flower_audit.py         # about 1-2 minutes on 2 CPU cores
+    python examples/flower_audit.py         # 4 clients x 2 rounds, ROG 100 iterations
 
-Options: ``--rounds 2 --levels 16 --iterations 100 --attack rog --size 32 --out experiments/flower-audit``.
+Flower 1.42 runs simulations from Python only through ``flwr.simulation.run_simulation``, which it marks
+deprecated (it logs a warning) in favour of the ``flwr run`` CLI and a local SuperLink; this script uses it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage telemetry from Flower
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-NUM_CLIENTS = 4
-LR = 0.01
-LOCAL_STEPS = 2
-MODEL = {"name": "lenet", "num_classes": 1000}
-
-
-def make_model(size: int) -> torch.nn.Module:
-    from fedleak.client.models import build_model
-
-    # the same architecture on clients and server; seed 0 fixes the initial global model
-    return build_model(MODEL["name"], num_classes=MODEL["num_classes"], image_size=size, seed=0)
+NUM_CLASSES = 1000  # the bundled photos carry ImageNet class indices
 
 
-def client_data(pid: int, size: int):
+class Net(nn.Module):
+    """A small CNN (three 5x5 convolutions, sigmoid, one linear layer), as in the gradient-leakage papers."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, image_size: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
+        )
+        self.fc = nn.Linear(12 * (image_size // 4) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+def initial_model(image_size: int) -> Net:
+    torch.manual_seed(0)  # the same initial global model on every run
+    return Net(image_size=image_size)
+
+
+def load_partition(partition_id: int, per_client: int, image_size: int) -> TensorDataset:
+    """Client ``partition_id``'s local data: ``per_client`` of the photos bundled with fedleak."""
     from fedleak.client.data import load_builtin
 
-    d = load_builtin(size, start=pid, count=1)  # client `pid` holds bundled photo number `pid`
-    return d.images, d.labels
+    d = load_builtin(image_size, start=partition_id * per_client, count=per_client)
+    return TensorDataset(d.images, d.labels)
 
 
-def main(argv=None) -> int:
+def train(net: nn.Module, loader: DataLoader, epochs: int, lr: float) -> tuple[float, int]:
+    """Plain local SGD: ``epochs`` passes over ``loader``; returns (mean loss, number of optimiser steps)."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            opt.zero_grad()
+            loss = loss_fn(net(images), labels)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            steps += 1
+    return total / max(steps, 1), steps
+
+
+def save_capture(folder: Path, received: dict, sent: dict, meta: dict) -> None:
+    """What one client sent in one round, for ``fedleak attack --weights ... --update ...``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(received, folder / "server_weights.pt")
+    torch.save(sent, folder / "update.pt")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def client_app(opts: argparse.Namespace):
+    """The ClientApp: train on the local data, reply with the new weights."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def fit(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        pid = int(context.node_config["partition-id"])
+        net = Net(image_size=opts.size)
+        received = msg.content["arrays"].to_torch_state_dict()
+        net.load_state_dict(received)
+        data = load_partition(pid, opts.per_client, opts.size)
+        lr = float(msg.content["config"]["lr"])
+        loss, steps = train(net, DataLoader(data, batch_size=opts.batch_size, shuffle=True), opts.local_epochs, lr)
+        new = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if opts.capture:
+            rnd = int(msg.content["config"]["server-round"])
+            save_capture(Path(opts.capture) / f"round{rnd:03d}-client{pid}", received, new, {
+                "kind": "weights", "lr": lr, "local_steps": steps, "epochs": opts.local_epochs,
+                "batch_size": opts.batch_size, "num_examples": len(data), "labels": data.tensors[1].tolist(),
+                "model": "import:flower_audit:Net", "num_classes": NUM_CLASSES, "image_size": opts.size,
+                "round": rnd, "client": pid})
+        metrics = MetricRecord({"train_loss": loss, "num-examples": len(data), "local-steps": steps,
+                                "local-batch-size": opts.batch_size})
+        who = ConfigRecord({"client-id": pid})  # the simulation's partition id: lets the audit score against it
+        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics, "client": who}), reply_to=msg)
+
+    return app
+
+
+def server_app(opts: argparse.Namespace, holder: dict):
+    """The ServerApp: Flower's FedAvg, wrapped by fedleak's audit."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedleak.integrations.flower import AuditStrategy
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=opts.clients,
+                        min_available_nodes=opts.clients)
+        strategy = AuditStrategy(fedavg, {"name": opts.attack, "iterations": opts.iterations},
+                                 model=lambda: Net(image_size=opts.size), image_size=opts.size,
+                                 true_data=lambda cid: load_partition(int(cid), opts.per_client, opts.size).tensors,
+                                 out=opts.out, on_record=print_record, threads=1)
+        holder["strategy"] = strategy
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(opts.size).state_dict()),
+                       num_rounds=opts.rounds, train_config=ConfigRecord({"lr": opts.lr}))
+
+    return app
+
+
+def print_record(r: dict) -> None:
+    if r["status"] == "ok":
+        print(f"[audit] round {r['round']} client {r['client']}: {r['attack']} PSNR {r['psnr']:.2f} dB, "
+              f"SSIM {r['ssim']:.3f}, labels {r['label_accuracy']}, {r['seconds']:.1f}s", flush=True)
+    else:
+        print(f"[audit] round {r['round']} client {r['client']}: {r['status']}: {r['error']}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--levels", type=int, default=16, help="QSGD levels used by the clients")
+    ap.add_argument("--clients", type=int, default=4, help="simulated clients (SuperNodes)")
+    ap.add_argument("--per-client", type=int, default=1, help="photos per client (8 bundled in all)")
+    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1, help="the clients' DataLoader batch size")
+    ap.add_argument("--lr", type=float, default=0.01, help="the clients' SGD learning rate")
     ap.add_argument("--attack", default="rog")
     ap.add_argument("--iterations", type=int, default=100, help="attack iterations")
     ap.add_argument("--size", type=int, default=32, help="image size")
     ap.add_argument("--out", default="experiments/flower-audit")
-    args = ap.parse_args(argv)
+    ap.add_argument("--capture", default=None, metavar="DIR",
+                    help="clients also save server_weights.pt, update.pt and meta.json per round under DIR")
+    opts = ap.parse_args(argv)
+    if opts.clients * opts.per_client > 8:
+        ap.error(f"{opts.clients} clients x {opts.per_client} photos: only 8 photos are bundled")
+    for k in ("out", "capture"):
+        if getattr(opts, k):
+            setattr(opts, k, str(Path(getattr(opts, k)).resolve()))
+    return opts
 
-    import numpy as np
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.common import Context, ndarrays_to_parameters
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-    from flwr.server.strategy import FedAvg
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
     from flwr.simulation import run_simulation
 
-    from fedleak.integrations.flower import AuditStrategy
-
-    size, levels = args.size, args.levels
-
-    class QSGDClient(NumPyClient):
-        """A plain FedAvg client (local SGD) whose upload is QSGD-compressed with fedleak's obfuscation."""
-
-        def __init__(self, pid: int):
-            self.pid = pid
-            self.x, self.y = client_data(pid, size)
-            self.model = make_model(size)
-            self.names = list(self.model.state_dict().keys())
-
-        def fit(self, parameters, config):
-            from fedleak.client.obfuscations import ObfContext, build_pipeline
-            from fedleak.client.protocols import buffer_dict, fedavg, param_dict
-
-            state = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(self.names, parameters)}
-            self.model.load_state_dict(state)
-            params, buffers = param_dict(self.model), buffer_dict(self.model)
-            rnd = int(config.get("server_round", 0))
-            n = self.x.shape[0]
-            ctx = ObfContext(generator=torch.Generator().manual_seed(1000 * rnd + self.pid), batch_size=n,
-                             num_examples=n, local_steps=LOCAL_STEPS)
-            delta, _ = fedavg(self.model, params, buffers, self.x, self.y, build_pipeline([]), ctx, LR, LOCAL_STEPS)
-            qsgd = build_pipeline([{"name": "qsgd", "levels": levels}])
-            sent = qsgd.apply({k: v / LR for k, v in delta.items()}, ctx)  # compress the pseudo-gradient
-            new = {k: params[k] - LR * sent[k] for k in params}
-            numels = [t.numel() for t in sent.values()]
-            arrays = [(new[k] if k in new else state[k]).numpy() for k in self.names]
-            return arrays, n, {"client_id": self.pid, "protocol": "fedavg", "lr": LR, "local_steps": LOCAL_STEPS,
-                               "obfuscation": f"qsgd({levels})",
-                               "bits_per_parameter": qsgd.bits(numels) / sum(numels)}
-
-    def client_fn(context: Context):
-        torch.set_num_threads(1)
-        return QSGDClient(int(context.node_config["partition-id"])).to_client()
-
-    def true_data(client_id: str):
-        return client_data(int(client_id), size)  # the simulation knows the data: used for scoring only
-
-    def on_record(r):
-        if r["status"] == "ok":
-            print(f"[audit] round {r['round']} client {r['client']}: {r['attack']} PSNR {r['psnr']:.2f} dB, "
-                  f"SSIM {r['ssim']:.3f}, labels {r['label_accuracy']}, {r['bits_per_parameter']:.2f} bits/param, "
-                  f"{r['seconds']:.1f}s", flush=True)
-        else:
-            print(f"[audit] round {r['round']} client {r['client']}: {r['status']}: {r['error']}", flush=True)
-
-    audit = {}
-
-    def server_fn(context: Context):
-        init = [v.detach().numpy() for v in make_model(size).state_dict().values()]
-        fedavg_strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=NUM_CLIENTS,
-                                 min_available_clients=NUM_CLIENTS, initial_parameters=ndarrays_to_parameters(init),
-                                 on_fit_config_fn=lambda r: {"server_round": r})
-        strategy = AuditStrategy(fedavg_strategy, {"name": args.attack, "iterations": args.iterations},
-                                 model=MODEL, image_size=size, true_data=true_data, out=args.out,
-                                 on_record=on_record, threads=1)
-        audit["strategy"] = strategy
-        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=args.rounds))
-
+    holder: dict = {}
     t0 = time.time()
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                   num_supernodes=NUM_CLIENTS,
+    run_simulation(server_app=server_app(opts, holder), client_app=client_app(opts), num_supernodes=opts.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})
-    records = audit["strategy"].records if "strategy" in audit else []
-    print(f"\n{len(records)} client update(s) audited in {time.time() - t0:.0f}s "
-          f"(QSGD {levels} levels, {args.attack} {args.iterations} iterations, {size}x{size} images):")
-    print("| round | client | bits/param | PSNR (dB) | SSIM | label acc | status |")
+    records = holder["strategy"].records if "strategy" in holder else []
+    print(f"\n{len(records)} client update(s) audited in {time.time() - t0:.0f}s ({opts.attack} "
+          f"{opts.iterations} iterations, {opts.size}x{opts.size} images, lr {opts.lr}, {opts.local_epochs} "
+          f"local epoch(s) of batch {opts.batch_size}):")
+    print("| round | client | examples | PSNR (dB) | SSIM | label acc | status |")
     print("|---|---|---|---|---|---|---|")
     for r in records:
         f = (lambda k, fmt: fmt.format(r[k]) if r.get(k) is not None else "")
-        print(f"| {r['round']} | {r['client']} | {f('bits_per_parameter', '{:.2f}')} | {f('psnr', '{:.2f}')} | "
+        print(f"| {r['round']} | {r['client']} | {f('num_examples', '{}')} | {f('psnr', '{:.2f}')} | "
               f"{f('ssim', '{:.3f}')} | {f('label_accuracy', '{:.2f}')} | {r['status']} |")
-    print(f"records: {os.path.join(args.out, 'audit.json')}")
+    print(f"records: {os.path.join(opts.out, 'audit.json')}  (fedleak report {opts.out})")
     return 0 if records and all(r["status"] == "ok" for r in records) else 1
 
 
