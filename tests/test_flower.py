@@ -278,10 +278,11 @@ class LocalGrid(Grid):
     """Flower's Grid, delivering each message to a ClientApp in this process (the simulation engine without
     Ray): node ``100 + k`` is partition ``k``. Replies come back as an iterator, as a Grid may return them."""
 
-    def __init__(self, client_app, n):
+    def __init__(self, client_app, n, run_config=None):
         self.app, self.nodes = client_app, [100 + k for k in range(n)]
         self.contexts = {node: Context(run_id=1, node_id=node, node_config={"partition-id": k, "num-partitions": n},
-                                       state=RecordDict(), run_config={}) for k, node in enumerate(self.nodes)}
+                                       state=RecordDict(), run_config=dict(run_config or {}))
+                         for k, node in enumerate(self.nodes)}
 
     def set_run(self, run):
         raise NotImplementedError
@@ -458,19 +459,17 @@ def test_report_renders_an_audit_folder(tmp_path):
 
 @pytest.mark.usefixtures("task_identity")
 def test_example_apps_run_in_process_and_capture(tmp_path, monkeypatch):
-    """examples/flower_audit.py's ServerApp and ClientApp, run over the in-process grid (no Ray): the plain
-    PyTorch clients are audited, and --capture writes what each client sent."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("flower_audit", REPO / "examples" / "flower_audit.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    """examples/flower_audit.py's ServerApp and ClientApp, as `flwr run` builds them (options from the run
+    config), run over the in-process grid (no Ray): the plain PyTorch clients are audited, and --capture
+    writes what each client sent."""
+    ex = _example()
     opts = ex.parse_args(["--rounds", "1", "--clients", "2", "--iterations", "2", "--size", str(SIZE),
                           "--out", str(tmp_path / "out"), "--capture", str(tmp_path / "cap")])
+    run_config = {ex.OPTS_KEY: json.dumps(vars(opts))}
     holder = {}
-    grid = LocalGrid(ex.client_app(opts), 2)
-    ex.server_app(opts, holder)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                              run_config={}))
+    grid = LocalGrid(ex.client_app(), 2, run_config)
+    ex.server_app(None, holder)(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                              run_config=run_config))
     recs = holder["strategy"].records
     assert sorted(r["client"] for r in recs) == ["0", "1"] and all(r["status"] == "ok" for r in recs)
     assert all(r["iterations"] == 2 and r["label_accuracy"] is not None for r in recs)
@@ -482,3 +481,32 @@ def test_example_apps_run_in_process_and_capture(tmp_path, monkeypatch):
     after = torch.load(cap / "update.pt", weights_only=True)
     assert list(before) == list(after) == list(ex.Net(image_size=SIZE).state_dict())
     assert not torch.equal(before["fc.weight"], after["fc.weight"])  # it trained
+
+
+def _example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flower_audit", REPO / "examples" / "flower_audit.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    return ex
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # Ray's note about accelerator env vars
+def test_example_runs_with_flwr_run(tmp_path):
+    """The example's default engine, Flower's non-deprecated way: `flwr run` of the packaged Flower App on a
+    local simulation SuperLink that the script starts and stops (2 clients, 1 round, 2 attack iterations)."""
+    pytest.importorskip("ray")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "flower_audit.py"), "--rounds", "1",
+                           "--clients", "2", "--iterations", "2", "--size", str(SIZE), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "run_simulation` function is deprecated" not in proc.stdout + proc.stderr
+    recs = json.loads((tmp_path / "out" / "audit.json").read_text())["records"]
+    assert sorted(r["client"] for r in recs) == ["0", "1"] and all(r["status"] == "ok" for r in recs)
+    assert "engine flwr-run" in proc.stdout
