@@ -1,5 +1,9 @@
-"""fedleak.flower.AuditStrategy: through Flower's Strategy API with real FitRes/Parameters objects, and in a
-real Flower simulation (2 clients x 1 round on Flower's Ray-based simulation engine)."""
+"""fedleak.integrations.flower.AuditStrategy against the installed flwr (1.42 when written).
+
+The legacy Strategy API with real FitRes/Parameters objects and in a Ray simulation (run_simulation); the
+current ServerApp API (flwr.serverapp.strategy, Message/ArrayRecord) run by Flower's own Strategy.start loop
+over an in-process Grid and plain PyTorch ClientApps; the one-line refusal of anything else; fedleak report
+of an audit folder; the example's apps in-process and, slow, through `flwr run`."""
 import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower's usage telemetry: off in tests
@@ -347,8 +351,8 @@ def _message_audit(tmp_path, rounds=2, **kw):
     torch.manual_seed(0)
     init = ArrayRecord(TinyNet().state_dict())
     fedavg = MessageFedAvg(fraction_evaluate=0.0)
-    audit = AuditStrategy(fedavg, ATTACK, model=TinyNet, image_size=SIZE, true_data=lambda cid: _photo(int(cid)), out=tmp_path / "audit",
-                          threads=1, **kw)
+    audit = AuditStrategy(fedavg, ATTACK, model=TinyNet, image_size=SIZE, true_data=lambda cid: _photo(int(cid)),
+                          out=tmp_path / "audit", threads=1, **kw)
     result = audit.start(grid=LocalGrid(_plain_client(), 2), initial_arrays=init, num_rounds=rounds,
                          train_config=ConfigRecord({"lr": 0.05}))
     plain = MessageFedAvg(fraction_evaluate=0.0).start(grid=LocalGrid(_plain_client(), 2), initial_arrays=init,
@@ -394,7 +398,8 @@ def test_serverapp_update_is_the_clients_delta_by_name_and_by_order(tmp_path, mo
         seen.clear()
         torch.manual_seed(0)
         net = TinyNet()
-        init = ArrayRecord([v.numpy() for v in net.state_dict().values()]) if numpy_keys else ArrayRecord(net.state_dict())
+        state = net.state_dict()
+        init = ArrayRecord([v.numpy() for v in state.values()]) if numpy_keys else ArrayRecord(state)
         audit = AuditStrategy(MessageFedAvg(fraction_evaluate=0.0), ATTACK, model=TinyNet, image_size=SIZE,
                               clients=1)
         audit.start(grid=LocalGrid(_plain_client(steps=3, numpy_keys=numpy_keys), 2), initial_arrays=init,
