@@ -319,7 +319,7 @@ def task_identity():
     TaskIdentity._task_id = TaskIdentity._run_id = TaskIdentity._node_id = None
 
 
-def _plain_client(steps=2, numpy_keys=False):
+def _plain_client(steps=2, numpy_keys=False, examples_name="num-examples"):
     """A Flower ClientApp that trains TinyNet with an ordinary torch SGD loop on its one photo."""
     app = ClientApp()
 
@@ -340,7 +340,7 @@ def _plain_client(steps=2, numpy_keys=False):
             opt.step()
         arrays = (ArrayRecord([v.detach().numpy() for v in net.state_dict().values()]) if numpy_keys
                   else ArrayRecord(net.state_dict()))
-        metrics = MetricRecord({"num-examples": 1, "local-steps": steps})
+        metrics = MetricRecord({examples_name: 1, "local-steps": steps})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics,
                                    "client": ConfigRecord({"client-id": pid})}), reply_to=msg)
 
@@ -422,6 +422,26 @@ def test_serverapp_update_is_the_clients_delta_by_name_and_by_order(tmp_path, mo
         for k, p in ref.named_parameters():
             torch.testing.assert_close(update.tensors[k], net.state_dict()[k] - p.detach(), rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(view.global_state["conv.weight"], net.state_dict()["conv.weight"])
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_serverapp_example_count_key(monkeypatch):
+    """A strategy weighting by another metric: the audit reads the example count under examples_key, and
+    skips (recorded, not attacked) a reply whose count it cannot find."""
+    import fedleak.attacks
+
+    monkeypatch.setattr(fedleak.attacks, "attack", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("attacked")))
+    statuses = {}
+    for key in ("n", "num-examples"):
+        torch.manual_seed(0)
+        audit = AuditStrategy(MessageFedAvg(fraction_evaluate=0.0, weighted_by_key="n"), ATTACK, model=TinyNet,
+                              image_size=SIZE, examples_key=key)
+        audit.start(grid=LocalGrid(_plain_client(steps=1, examples_name="n"), 2),
+                    initial_arrays=ArrayRecord(TinyNet().state_dict()), num_rounds=1,
+                    train_config=ConfigRecord({"lr": 0.05}))
+        statuses[key] = [(r["status"], r["error"]) for r in audit.records]
+    assert statuses["n"] == [("failed", "RuntimeError: attacked")] * 2
+    assert statuses["num-examples"] == [("skipped", "the client reported no examples")] * 2
 
 
 def test_audit_strategy_accepts_both_apis_and_refuses_anything_else():

@@ -233,7 +233,8 @@ class _AuditCore:
                     out: Optional[Union[str, Path]] = None, protocol: str = "fedavg", lr: Optional[float] = None,
                     param_names: Optional[list[str]] = None, seed: int = 0, max_batch: int = 64,
                     metrics: Optional[dict] = None, on_record: Optional[Callable[[dict], None]] = None,
-                    threads: Optional[int] = None, arrayrecord_key: str = "arrays") -> None:
+                    threads: Optional[int] = None, arrayrecord_key: str = "arrays",
+                    examples_key: str = "num-examples") -> None:
         from fedleak.metrics.options import metric_options
 
         self.strategy = strategy
@@ -256,7 +257,7 @@ class _AuditCore:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
-        self.arrayrecord_key = str(arrayrecord_key)
+        self.arrayrecord_key, self.examples_key = str(arrayrecord_key), str(examples_key)
         self.records: list[dict] = []
         self._sent: dict[int, dict] = {}
 
@@ -374,7 +375,8 @@ class MessageAuditStrategy(_AuditCore, MessageStrategy if MessageStrategy is not
     """A ``flwr.serverapp.strategy.Strategy`` that delegates everything to ``strategy`` and audits the
     sampled clients' train replies. Built by ``AuditStrategy(strategy, ...)`` when ``strategy`` is one of the
     ServerApp API (see :class:`AuditStrategy` for the options; ``arrayrecord_key``: the key of the
-    ``ArrayRecord`` in the messages when there are several, Flower's default ``"arrays"``).
+    ``ArrayRecord`` in the messages when there are several, Flower's default ``"arrays"``; ``examples_key``:
+    the reply metric holding the client's example count, Flower's default ``"num-examples"``).
 
     ``start(grid=..., initial_arrays=..., ...)`` is Flower's own loop, calling the methods below."""
 
@@ -425,7 +427,8 @@ class MessageAuditStrategy(_AuditCore, MessageStrategy if MessageStrategy is not
         own = reported(*content.metric_records.values(), self._configs(content))
         sent_known = {k: v for k, v in reported(sent_config).items() if k not in ("client_id", "num_examples")}
         metrics = {**sent_known, **own}
-        n = metrics.get("num_examples")
+        n = next((rec[self.examples_key] for rec in content.metric_records.values() if self.examples_key in rec),
+                 metrics.get("num_examples"))
         cid = metrics.get("client_id")
         return ClientReply(client=str(cid) if cid is not None else str(node), node=str(node),
                            num_examples=int(n) if _is_number(n) else 0, metrics=metrics,
