@@ -1,33 +1,49 @@
-"""Audit a running Flower system: wrap its server ``Strategy`` and attack the client updates it receives.
+"""Audit a running Flower system: wrap its server strategy and attack the client updates it receives.
 
->>> from flwr.server.strategy import FedAvg
->>> from fedleak.flower import AuditStrategy
->>> strategy = AuditStrategy(FedAvg(...), {"name": "rog", "iterations": 100},
-...                          model={"name": "lenet", "num_classes": 1000}, image_size=32,
-...                          rounds=[1, 5], clients=2, true_data=my_lookup, out="audit/")
+Both Flower server APIs are supported by one name, :class:`AuditStrategy`:
 
-:class:`AuditStrategy` forwards every ``Strategy`` method to the wrapped strategy and returns its results
-unchanged; the FL run behaves exactly as before. In addition, for the sampled rounds and clients, it turns
-what the server received into a fedleak :class:`~fedleak.update.Update` and :class:`~fedleak.update.ServerView`
-and runs the configured fedleak attack (inside ``aggregate_fit``, before delegating), then records the result
-per round and client in :attr:`AuditStrategy.records` and, with ``out``, in ``out/audit.json`` plus images.
+* the current ``ServerApp`` API (``flwr.serverapp.strategy``: ``FedAvg``, ``FedProx``, ... exchanging
+  ``Message``/``ArrayRecord``; flwr >= 1.21), which returns a :class:`MessageAuditStrategy`::
+
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> from fedleak.integrations.flower import AuditStrategy
+    >>> strategy = AuditStrategy(FedAvg(fraction_evaluate=0.0), {"name": "rog", "iterations": 100},
+    ...                          model=MyNet, image_size=32, rounds=[1, 5], clients=2, out="audit/")
+    >>> strategy.start(grid=grid, initial_arrays=ArrayRecord(MyNet().state_dict()), num_rounds=5,
+    ...                train_config=ConfigRecord({"lr": 0.01}))
+
+* the legacy ``flwr.server.strategy.Strategy`` API (``FitIns``/``FitRes``/``Parameters``), where flwr still
+  ships it: ``AuditStrategy(flwr.server.strategy.FedAvg(...), ...)`` is a legacy ``Strategy``.
+
+The wrapper forwards every strategy method to the wrapped strategy and returns its results unchanged; the
+FL run behaves exactly as before. In addition, for the sampled rounds and clients, it turns what the server
+received into a fedleak :class:`~fedleak.client.update.Update` and
+:class:`~fedleak.server.view.ServerView` and runs the configured fedleak attack (in ``aggregate_train`` /
+``aggregate_fit``, before delegating), then records the result per round and client in
+:attr:`records` and, with ``out``, in ``out/audit.json`` plus images (``fedleak report out/`` renders it).
 
 How the update is built (the server's knowledge only):
 
-* the global parameters the server sent are remembered in ``configure_fit`` (per client, from its
-  ``FitIns``); the client's ``FitRes.parameters`` are what came back; ``delta = sent - received``;
-* ``protocol`` (``FitRes.metrics["protocol"]`` if the client reports it, else the ``protocol`` argument):
-  ``fedavg`` -> a weight delta with the client's learning rate, local steps and local batch size;
-  ``fedsgd`` -> the gradient ``delta / lr`` of one full-batch step;
-* client-reported ``FitRes.metrics`` that are used when present (all Flower scalars): ``lr``, ``local_steps``
-  (total optimiser steps this round), ``epochs``, ``local_batch_size``, ``protocol``, ``obfuscation`` (a
-  fedleak pipeline string such as ``"qsgd(16)"``, so the attack can match obfuscation-aware),
-  ``bits_per_parameter`` and ``client_id`` (the id used for ``true_data`` and the records; default the
-  ``ClientProxy.cid``). Missing ``lr`` falls back to the ``lr`` argument;
-* the number of images to reconstruct is ``FitRes.num_examples`` (clients with more than ``max_batch``
-  examples are recorded as skipped);
-* the ndarrays are mapped to parameter names by ``param_names`` (default: the model's ``state_dict()`` keys,
-  Flower's PyTorch convention, or its ``named_parameters()`` keys when the count matches those instead).
+* the global arrays the server sent are remembered per client when the round is configured
+  (``configure_train``: the ``ArrayRecord`` of each train ``Message``, by destination node;
+  ``configure_fit``: each ``FitIns.parameters``); what came back is the reply's ``ArrayRecord`` (or
+  ``FitRes.parameters``); ``delta = sent - received``;
+* the arrays are matched to the model's parameters by name when the ``ArrayRecord`` keys are the model's
+  ``state_dict`` keys (``ArrayRecord(model.state_dict())``, Flower's PyTorch convention), else by order:
+  ``param_names``, else the model's ``state_dict()`` keys, or its ``named_parameters()`` keys when the count
+  matches those instead;
+* ``protocol``: ``fedavg`` -> a weight delta with the client's learning rate, local steps and local batch
+  size; ``fedsgd`` -> the gradient ``delta / lr`` of one full-batch step;
+* values the client reports, used when present: in the reply's ``MetricRecord``/``ConfigRecord`` (message
+  API; ``-`` and ``_`` are the same in keys) or ``FitRes.metrics`` (legacy): ``lr``, ``local_steps`` (total
+  optimiser steps this round), ``epochs``, ``local_batch_size``, ``protocol``, ``obfuscation`` (a fedleak
+  pipeline string such as ``"qsgd(16)"``; a string, so a ``ConfigRecord`` in the message API),
+  ``bits_per_parameter``, ``client_id`` (the id used for ``true_data`` and the records; default the node
+  id / ``ClientProxy.cid``) and, message API, ``num-examples`` (Flower's weighting key). In the message API
+  the train ``ConfigRecord`` the server sent (e.g. ``{"lr": 0.01}``) is known too and fills what the reply
+  leaves out. Missing ``lr`` falls back to the ``lr`` argument;
+* the number of images to reconstruct is the client's example count (clients with more than ``max_batch``
+  examples are recorded as skipped; replies that carry an error are not audited).
 
 When ``true_data(client_id) -> (images, labels)`` is given (a simulation that knows the client data), the
 reconstruction is scored (PSNR, SSIM, ROG-SSIM, 1-HaarPSI, label accuracy) after the attack returned;
@@ -40,25 +56,39 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 
 try:
-    from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar,
-                             parameters_to_ndarrays)
-    from flwr.server.client_manager import ClientManager
-    from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import Strategy
+    import flwr  # noqa: F401
 except ImportError as _e:  # pragma: no cover - exercised only without flwr
-    raise ImportError("fedleak.flower needs Flower, which is not installed: pip install fedleak[flwr]") from _e
+    raise ImportError("fedleak.integrations.flower needs Flower, which is not installed: pip install fedleak[flwr]"
+                      ) from _e
+try:  # the current ServerApp strategy API (flwr >= 1.21)
+    from flwr.serverapp.strategy import Strategy as MessageStrategy
+except ImportError:  # pragma: no cover - older flwr: the legacy API only
+    MessageStrategy = None
+try:  # the legacy Strategy API, as long as flwr ships it
+    from flwr.common import parameters_to_ndarrays
+    from flwr.server.strategy import Strategy as LegacyStrategy
+except ImportError:  # pragma: no cover - a flwr without the legacy API
+    LegacyStrategy = None
 
 from fedleak.errors import ConfigError
 
-__all__ = ["AuditStrategy", "build_update"]
+__all__ = ["AuditStrategy", "MessageAuditStrategy", "build_update"]
 
 Selector = Union[None, int, Iterable[int], Callable[[int], bool]]
+
+#: what AuditStrategy accepts, for the one-line error
+ACCEPTED = ("a Flower strategy: flwr.serverapp.strategy.Strategy (FedAvg, FedProx, ... of the ServerApp API) "
+            "or the legacy flwr.server.strategy.Strategy")
+#: the reported values build_update reads (after '-' -> '_')
+REPORTED = ("lr", "local_steps", "epochs", "local_batch_size", "protocol", "obfuscation", "bits_per_parameter",
+            "client_id", "num_examples")
 
 
 def _model_parts(model: Any, image_size: int, channels: int, num_classes: Optional[int]):
@@ -111,6 +141,22 @@ def _to_scalar(v: Any) -> Any:
     return v
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def reported(*records: Any) -> dict:
+    """The values a client (or the server's train config) reported, merged left to right, keys with ``-``
+    written ``_`` (Flower's ``num-examples`` is ``num_examples``); only the keys the audit reads."""
+    out: dict = {}
+    for rec in records:
+        for k, v in dict(rec or {}).items():
+            key = str(k).replace("-", "_")
+            if key in REPORTED:
+                out[key] = _to_scalar(v)
+    return out
+
+
 def build_update(sent: list, received: list, names: list[str], param_names: list[str], metrics: dict,
                  num_examples: int, protocol: str = "fedavg", lr: Optional[float] = None):
     """The fedleak :class:`~fedleak.update.Update` for one client: ``sent``/``received`` are lists of numpy
@@ -126,8 +172,8 @@ def build_update(sent: list, received: list, names: list[str], param_names: list
     if proto not in ("fedavg", "fedsgd"):
         raise ConfigError(f"protocol {proto!r}: expected fedavg or fedsgd")
     lr_v = metrics.get("lr", lr)
-    if lr_v is None or not isinstance(lr_v, (int, float)) or isinstance(lr_v, bool) or not lr_v > 0:
-        raise ConfigError("the client's learning rate is unknown: report FitRes.metrics['lr'] or pass lr=")
+    if lr_v is None or not _is_number(lr_v) or not lr_v > 0:
+        raise ConfigError("the client's learning rate is unknown: report it as the metric 'lr' or pass lr=")
     lr_v = float(lr_v)
     delta = {}
     for k in param_names:
@@ -148,7 +194,7 @@ def build_update(sent: list, received: list, names: list[str], param_names: list
     n = int(num_examples)
     stats: dict[str, Any] = {"num_parameters": sum(t.numel() for t in delta.values())}
     bpp = metrics.get("bits_per_parameter")
-    if isinstance(bpp, (int, float)) and not isinstance(bpp, bool):
+    if _is_number(bpp):
         stats["bits_per_parameter"] = float(bpp)
     if proto == "fedsgd":
         return Update(tensors={k: v / lr_v for k, v in delta.items()}, kind="gradient", protocol="fedsgd",
@@ -157,37 +203,40 @@ def build_update(sent: list, received: list, names: list[str], param_names: list
     lbs = metrics.get("local_batch_size")
     return Update(tensors=delta, kind="delta", protocol="fedavg", lr=lr_v, local_steps=steps,
                   epochs=int(metrics.get("epochs", 1) or 1),
-                  local_batch_size=int(lbs) if isinstance(lbs, (int, float)) and not isinstance(lbs, bool) and lbs
-                  else None, batch_size=n, num_examples=n, obfuscation=obf, stats=stats)
+                  local_batch_size=int(lbs) if _is_number(lbs) and lbs else None,
+                  batch_size=n, num_examples=n, obfuscation=obf, stats=stats)
 
 
-class AuditStrategy(Strategy):
-    """A Flower ``Strategy`` that delegates everything to ``strategy`` and audits sampled client updates.
+@dataclass
+class ClientReply:
+    """One client's answer in a round, independent of the Flower API it came through.
 
-    ``attack_config``: a fedleak attack name or ``{"name": ..., **options}``. ``model``: a fedleak ``model:``
-    section (name or dict, e.g. ``{"name": "lenet", "num_classes": 1000}``) or a callable returning the
-    ``nn.Module`` the clients train (its ``state_dict`` order must be the order of the Flower ndarrays unless
-    ``param_names`` says otherwise). ``image_size``/``channels``: the input shape the server knows.
-    ``rounds``: None (every round), a round number, an iterable of round numbers or ``fn(round) -> bool``.
-    ``clients``: None (every client that returned a result), an int (that many per round) or a float in
-    (0, 1] (that fraction, at least one); the choice is random with ``seed`` (reproducible).
-    ``true_data``: ``fn(client_id) -> (images, labels)`` for scoring (None: images only). ``out``: folder for
-    ``audit.json`` and images. ``protocol``/``lr``: defaults when the client does not report them.
-    ``max_batch``: skip clients with more examples. ``on_record``: called with each record. ``threads``: torch
-    threads while attacking (restored afterwards; 1 is fastest on a busy machine).
-    """
+    ``client``: the id for the records and ``true_data``; ``node``: Flower's id (node id or proxy cid);
+    ``metrics``: the reported values (see :func:`reported`); ``arrays()`` -> ``(sent, received, names)``,
+    called inside the audit so that a malformed upload is recorded as a failed audit."""
 
-    def __init__(self, strategy: Strategy, attack_config: Union[str, dict], *, model: Any, image_size: int,
-                 channels: int = 3, num_classes: Optional[int] = None, rounds: Selector = None,
-                 clients: Union[None, int, float] = None, true_data: Optional[Callable] = None,
-                 out: Optional[Union[str, Path]] = None, protocol: str = "fedavg", lr: Optional[float] = None,
-                 param_names: Optional[list[str]] = None, seed: int = 0, max_batch: int = 64,
-                 metrics: Optional[dict] = None, on_record: Optional[Callable[[dict], None]] = None,
-                 threads: Optional[int] = None):
+    client: str
+    node: str
+    num_examples: int
+    metrics: dict
+    arrays: Callable[[], tuple[list, list, list[str]]]
+
+
+class _AuditCore:
+    """The audit shared by both strategy wrappers: configuration, sampling, attack, scoring, records."""
+
+    API = "?"
+
+    def _init_audit(self, strategy: Any, attack_config: Union[str, dict], *, model: Any, image_size: int,
+                    channels: int = 3, num_classes: Optional[int] = None, rounds: Selector = None,
+                    clients: Union[None, int, float] = None, true_data: Optional[Callable] = None,
+                    out: Optional[Union[str, Path]] = None, protocol: str = "fedavg", lr: Optional[float] = None,
+                    param_names: Optional[list[str]] = None, seed: int = 0, max_batch: int = 64,
+                    metrics: Optional[dict] = None, on_record: Optional[Callable[[dict], None]] = None,
+                    threads: Optional[int] = None, arrayrecord_key: str = "arrays",
+                    examples_key: str = "num-examples") -> None:
         from fedleak.metrics.options import metric_options
 
-        if not isinstance(strategy, Strategy):
-            raise ConfigError(f"AuditStrategy wraps a flwr Strategy, got {type(strategy).__name__}")
         self.strategy = strategy
         self.attack_config = _attack_section(attack_config, seed)
         self.image_size, self.channels = int(image_size), int(channels)
@@ -208,13 +257,12 @@ class AuditStrategy(Strategy):
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
+        self.arrayrecord_key, self.examples_key = str(arrayrecord_key), str(examples_key)
         self.records: list[dict] = []
-        self._sent: dict[int, dict[str, Parameters]] = {}
-        self._global: dict[int, Parameters] = {}
+        self._sent: dict[int, dict] = {}
 
-    # ------------------------------------------------------------------ delegation (results unchanged)
     def __repr__(self) -> str:
-        return f"AuditStrategy({self.strategy!r}, attack={self.attack_config.get('name')!r})"
+        return f"{type(self).__name__}({self.strategy!r}, attack={self.attack_config.get('name')!r})"
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes not found on the wrapper: forward to the wrapped strategy
@@ -222,54 +270,10 @@ class AuditStrategy(Strategy):
             raise AttributeError(name)
         return getattr(self.strategy, name)
 
-    def initialize_parameters(self, client_manager: ClientManager) -> Optional[Parameters]:
-        return self.strategy.initialize_parameters(client_manager)
-
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        if self._round_selected(server_round):
-            self._global[server_round] = parameters
-            self._sent[server_round] = {proxy.cid: ins.parameters for proxy, ins in instructions}
-        return instructions
-
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[Union[tuple[ClientProxy, FitRes], BaseException]]
-                      ) -> tuple[Optional[Parameters], dict[str, Scalar]]:
-        if server_round in self._global:
-            try:
-                self._audit_round(server_round, results)
-            finally:
-                self._global.pop(server_round, None)
-                self._sent.pop(server_round, None)
-        return self.strategy.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[Union[tuple[ClientProxy, EvaluateRes], BaseException]]
-                           ) -> tuple[Optional[float], dict[str, Scalar]]:
-        return self.strategy.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> Optional[tuple[float, dict[str, Scalar]]]:
-        return self.strategy.evaluate(server_round, parameters)
-
     # ------------------------------------------------------------------ sampling
     def _round_selected(self, r: int) -> bool:
         return round_selected(self.rounds, r)
 
-    def _pick(self, server_round: int, results: list) -> list:
-        keyed = sorted(results, key=lambda pr: self._client_id(pr[0], pr[1]))
-        return pick_clients(keyed, self.clients, self.seed * 1_000_003 + server_round)
-
-    @staticmethod
-    def _client_id(proxy: ClientProxy, res: FitRes) -> str:
-        v = (res.metrics or {}).get("client_id")
-        return str(_to_scalar(v)) if v is not None else str(proxy.cid)
-
-    # ------------------------------------------------------------------ the audit
     def _fresh_model(self) -> torch.nn.Module:
         if self.model_factory is not None:
             return self.model_factory()
@@ -280,13 +284,15 @@ class AuditStrategy(Strategy):
     def _names(self, count: int) -> list[str]:
         return array_names(count, self.param_names, self._state_names, self._param_names)
 
-    def _audit_round(self, server_round: int, results: list) -> None:
-        for proxy, res in self._pick(server_round, results):
+    # ------------------------------------------------------------------ the audit
+    def _audit_round(self, server_round: int, replies: list[ClientReply]) -> None:
+        keyed = sorted(replies, key=lambda r: r.client)
+        for reply in pick_clients(keyed, self.clients, self.seed * 1_000_003 + server_round):
             before = torch.get_num_threads()
             if self.threads:
                 torch.set_num_threads(self.threads)
             try:
-                rec = self._audit_one(server_round, proxy, res)
+                rec = self._audit_one(server_round, reply)
             finally:
                 torch.set_num_threads(before)
             self.records.append(rec)
@@ -294,51 +300,48 @@ class AuditStrategy(Strategy):
                 self.on_record(rec)
             self._write()
 
-    def _audit_one(self, server_round: int, proxy: ClientProxy, res: FitRes) -> dict:
-        cid = self._client_id(proxy, res)
-        rec: dict[str, Any] = {"round": server_round, "client": cid, "cid": str(proxy.cid),
-                               "num_examples": int(res.num_examples), "attack": self.attack_config["name"],
+    def _audit_one(self, server_round: int, reply: ClientReply) -> dict:
+        rec: dict[str, Any] = {"round": server_round, "client": reply.client, "cid": reply.node,
+                               "num_examples": int(reply.num_examples), "attack": self.attack_config["name"],
                                "status": "ok", "error": None}
         t0 = time.perf_counter()
-        skip = _skip_reason(int(res.num_examples), self.max_batch)
+        skip = _skip_reason(int(reply.num_examples), self.max_batch)
         if skip is not None:
             rec.update(status="skipped", error=skip)
             return rec
         try:
-            self._attack_and_score(server_round, proxy, res, cid, rec, t0)
+            self._attack_and_score(server_round, reply, rec, t0)
         except Exception as e:  # noqa: BLE001 - an audit failure must never break the FL run
             rec["status"] = "failed"
             rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec
 
-    def _attack_and_score(self, server_round: int, proxy: ClientProxy, res: FitRes, cid: str, rec: dict,
-                          t0: float) -> None:
+    def _attack_and_score(self, server_round: int, reply: ClientReply, rec: dict, t0: float) -> None:
         """Rebuild what the server received, attack it, score it (when the truth is known), save it."""
         from fedleak.attacks import attack
 
-        sent_p = self._sent.get(server_round, {}).get(proxy.cid) or self._global[server_round]
-        sent = parameters_to_ndarrays(sent_p)
-        names = self._names(len(sent))
-        update = build_update(sent, parameters_to_ndarrays(res.parameters), names, self._param_names,
-                              dict(res.metrics or {}), res.num_examples, self.protocol, self.lr)
+        sent, received, names = reply.arrays()
+        update = build_update(sent, received, names, self._param_names, reply.metrics, reply.num_examples,
+                              self.protocol, self.lr)
         rec.update(protocol=update.protocol, kind=update.kind, obfuscation=update.obfuscation,
                    bits_per_parameter=update.stats.get("bits_per_parameter"))
-        view = self._server_view(names, sent, int(res.num_examples))
+        view = self._server_view(names, sent, int(reply.num_examples))
         torch.manual_seed(self.seed * 1_000_003 + server_round)
         result = attack(self.attack_config, view, update)
         rec["attack_seconds"] = round(time.perf_counter() - t0, 3)
         hist = [float(v) for v in result.loss_history]
         rec.update(iterations=len(hist), final_loss=hist[-1] if hist and math.isfinite(hist[-1]) else None,
                    interrupted=bool(result.info.get("interrupted", False)))
-        truth = self.true_data(cid) if self.true_data is not None else None
+        truth = self.true_data(reply.client) if self.true_data is not None else None
         perm = list(range(result.images.shape[0]))
         if truth is not None:
             scores = _score(truth, result, self.metric_options)
             perm = scores.pop("permutation")
             rec.update(scores)
         if self.out is not None:
-            rec.update(_save_images(self.out, server_round, cid, result, perm, truth, rec.get("per_image")))
+            rec.update(_save_images(self.out, server_round, reply.client, result, perm, truth,
+                                    rec.get("per_image")))
 
     def _server_view(self, names: list[str], sent: list, batch_size: int):
         from fedleak.server.view import ServerView
@@ -355,9 +358,176 @@ class AuditStrategy(Strategy):
             return
         from fedleak.io import jsonable, write_json
 
-        write_json(self.out / "audit.json", jsonable({"attack": self.attack_config,
-                                                      "model": {"name": self.model_name, **self.model_kwargs},
-                                                      "image_size": self.image_size, "records": self.records}))
+        write_json(self.out / "audit.json", jsonable({
+            "kind": "flower-audit", "api": self.API, "strategy": type(self.strategy).__name__,
+            "attack": self.attack_config, "model": {"name": self.model_name, **self.model_kwargs},
+            "image_size": self.image_size, "channels": self.channels, "records": self.records}))
+
+
+def _check_wrapped(wrapper: str, strategy: Any, base: Any) -> None:
+    if base is None or not isinstance(strategy, base):
+        raise ConfigError(f"{wrapper} wraps {ACCEPTED}; got {type(strategy).__name__} "
+                          f"({type(strategy).__module__})")
+
+
+# ====================================================================== the current (ServerApp) API
+class MessageAuditStrategy(_AuditCore, MessageStrategy if MessageStrategy is not None else object):
+    """A ``flwr.serverapp.strategy.Strategy`` that delegates everything to ``strategy`` and audits the
+    sampled clients' train replies. Built by ``AuditStrategy(strategy, ...)`` when ``strategy`` is one of the
+    ServerApp API (see :class:`AuditStrategy` for the options; ``arrayrecord_key``: the key of the
+    ``ArrayRecord`` in the messages when there are several, Flower's default ``"arrays"``; ``examples_key``:
+    the reply metric holding the client's example count, Flower's default ``"num-examples"``).
+
+    ``start(grid=..., initial_arrays=..., ...)`` is Flower's own loop, calling the methods below."""
+
+    API = "serverapp"
+
+    def __init__(self, strategy: Any, attack_config: Union[str, dict], **options: Any):
+        _check_wrapped(type(self).__name__, strategy, MessageStrategy)
+        self._init_audit(strategy, attack_config, **options)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if self._round_selected(server_round):
+            self._sent[server_round] = {int(m.metadata.dst_node_id): (m.content, dict(self._configs(m.content)))
+                                        for m in messages}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
+        replies = list(replies)  # may be an iterator: read once here, handed on as a list
+        if server_round in self._sent:
+            try:
+                self._audit_round(server_round, [self._reply(server_round, m) for m in replies
+                                                 if not m.has_error()])
+            finally:
+                self._sent.pop(server_round, None)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # ------------------------------------------------------------------ messages -> ClientReply
+    @staticmethod
+    def _configs(content: Any) -> dict:
+        out: dict = {}
+        for rec in content.config_records.values():
+            out.update(rec)
+        return out
+
+    def _reply(self, server_round: int, msg: Any) -> ClientReply:
+        node = int(msg.metadata.src_node_id)
+        sent_content, sent_config = self._sent[server_round].get(node, (None, {}))
+        content = msg.content
+        own = reported(*content.metric_records.values(), self._configs(content))
+        sent_known = {k: v for k, v in reported(sent_config).items() if k not in ("client_id", "num_examples")}
+        metrics = {**sent_known, **own}
+        n = next((rec[self.examples_key] for rec in content.metric_records.values() if self.examples_key in rec),
+                 metrics.get("num_examples"))
+        cid = metrics.get("client_id")
+        return ClientReply(client=str(cid) if cid is not None else str(node), node=str(node),
+                           num_examples=int(n) if _is_number(n) else 0, metrics=metrics,
+                           arrays=lambda: self._record_arrays(sent_content, content, node))
+
+    def _array_record(self, content: Any, what: str) -> Any:
+        recs = content.array_records
+        if self.arrayrecord_key in recs:
+            return recs[self.arrayrecord_key]
+        if len(recs) == 1:
+            return next(iter(recs.values()))
+        raise ConfigError(f"the {what} carries no ArrayRecord {self.arrayrecord_key!r} (it has {sorted(recs)}); "
+                          "pass arrayrecord_key=")
+
+    def _record_arrays(self, sent_content: Any, content: Any, node: int) -> tuple[list, list, list[str]]:
+        """(sent, received, names): by the record keys when they are the model's state_dict keys, else by order."""
+        if sent_content is None:
+            raise ConfigError(f"no train message was sent to node {node} in this round")
+        sent_rec = self._array_record(sent_content, "train message")
+        recv_rec = self._array_record(content, "reply")
+        keys = list(recv_rec.keys())
+        state = set(self._state_names)
+        if self.param_names is None and all(k in state and k in sent_rec for k in keys):
+            return [sent_rec[k].numpy() for k in keys], [recv_rec[k].numpy() for k in keys], keys
+        names = self._names(len(keys))
+        return [a.numpy() for a in sent_rec.values()], [recv_rec[k].numpy() for k in keys], names
+
+
+# ====================================================================== the legacy Strategy API
+class AuditStrategy(_AuditCore, LegacyStrategy if LegacyStrategy is not None else object):
+    """Wrap a Flower strategy and audit sampled client updates; the wrapped strategy's results are unchanged.
+
+    ``AuditStrategy(strategy, attack_config, ...)`` with a strategy of the current ServerApp API
+    (``flwr.serverapp.strategy``) returns a :class:`MessageAuditStrategy`; with a legacy
+    ``flwr.server.strategy.Strategy`` it is this class, itself a legacy ``Strategy``. Anything else is
+    refused with one line.
+
+    ``attack_config``: a fedleak attack name or ``{"name": ..., **options}``. ``model``: a fedleak ``model:``
+    section (name or dict, e.g. ``{"name": "lenet", "num_classes": 1000}``) or a callable returning the
+    ``nn.Module`` the clients train (its ``state_dict`` order must be the order of the Flower arrays unless
+    they are named by its keys or ``param_names`` says otherwise). ``image_size``/``channels``: the input
+    shape the server knows. ``rounds``: None (every round), a round number, an iterable of round numbers or
+    ``fn(round) -> bool``. ``clients``: None (every client that returned a result), an int (that many per
+    round) or a float in (0, 1] (that fraction, at least one); the choice is random with ``seed``
+    (reproducible). ``true_data``: ``fn(client_id) -> (images, labels)`` for scoring (None: images only).
+    ``out``: folder for ``audit.json`` and images. ``protocol``/``lr``: defaults when the client does not
+    report them. ``max_batch``: skip clients with more examples. ``on_record``: called with each record.
+    ``threads``: torch threads while attacking (restored afterwards; 1 is fastest on a busy machine).
+    """
+
+    API = "legacy"
+
+    def __new__(cls, strategy: Any = None, *args: Any, **kwargs: Any):
+        if cls is AuditStrategy and MessageStrategy is not None and isinstance(strategy, MessageStrategy):
+            return MessageAuditStrategy(strategy, *args, **kwargs)  # not an AuditStrategy: no second __init__
+        return super().__new__(cls)
+
+    def __init__(self, strategy: Any, attack_config: Union[str, dict], **options: Any):
+        _check_wrapped("AuditStrategy", strategy, LegacyStrategy)
+        self._init_audit(strategy, attack_config, **options)
+
+    def initialize_parameters(self, client_manager: Any) -> Any:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        if self._round_selected(server_round):
+            self._sent[server_round] = {"global": parameters,
+                                        **{proxy.cid: ins.parameters for proxy, ins in instructions}}
+        return instructions
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        if server_round in self._sent:
+            try:
+                self._audit_round(server_round, [self._reply(server_round, p, r) for p, r in results])
+            finally:
+                self._sent.pop(server_round, None)
+        return self.strategy.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round: int, parameters: Any) -> Any:
+        return self.strategy.evaluate(server_round, parameters)
+
+    def _reply(self, server_round: int, proxy: Any, res: Any) -> ClientReply:
+        metrics = reported(res.metrics)
+        cid = metrics.get("client_id")
+        sent_p = self._sent[server_round].get(proxy.cid) or self._sent[server_round]["global"]
+
+        def arrays() -> tuple[list, list, list[str]]:
+            sent = parameters_to_ndarrays(sent_p)
+            return sent, parameters_to_ndarrays(res.parameters), self._names(len(sent))
+
+        return ClientReply(client=str(cid) if cid is not None else str(proxy.cid), node=str(proxy.cid),
+                           num_examples=int(res.num_examples), metrics=metrics, arrays=arrays)
 
 
 def round_selected(sel: Selector, r: int) -> bool:
