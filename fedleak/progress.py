@@ -157,7 +157,7 @@ class Bar:
 
     # -- plain lines
     def text(self) -> str:
-        """The plain progress line: ``desc: n/total unit (pct%), elapsed, ETA, postfix``."""
+        """The plain progress line: ``desc: n/total unit (pct%), elapsed 5s, ETA 1m35s, loss=0.01``."""
         elapsed = time.time() - self.t0
         parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"
                  + (f" ({100.0 * self.n / self.total:.0f}%)" if self.total else "")]
@@ -165,7 +165,7 @@ class Bar:
         eta = eta_seconds(self.n, self.total, elapsed)
         if eta is not None and self.n < (self.total or 0):
             parts.append(f"ETA {duration(eta)}")
-        parts += [f"{k} {v}" for k, v in self.postfix.items()]
+        parts += [f"{k}={v}" for k, v in self.postfix.items()]  # tqdm's postfix style
         return ", ".join(parts)
 
     def _line(self) -> None:

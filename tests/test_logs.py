@@ -57,7 +57,7 @@ def test_non_tty_progress_is_one_plain_line_per_interval(monkeypatch):
     assert len(lines) == 20 and bar.lines == 20  # t = 5, 10, ..., 100 s; the last one is already at 100/100
     assert "\r" not in out.getvalue()
     assert lines[0].startswith("rog: 5/100 it (5%)") and "elapsed 5s" in lines[0] and "ETA 1m35s" in lines[0]
-    assert lines[-1].startswith("rog: 100/100 it (100%)") and "ETA" not in lines[-1] and "loss 0.01" in lines[-1]
+    assert lines[-1].startswith("rog: 100/100 it (100%)") and "ETA" not in lines[-1] and "loss=0.01" in lines[-1]
 
 
 def test_progress_interval_from_the_environment(monkeypatch):
