@@ -8,9 +8,10 @@ Run folder (``OUTPUT_DIR/<output.name or model-protocol-attack-YYYYmmdd-HHMMSS>`
     metrics.json       per-image and mean metrics ("raw", and "enhanced" when an enhancer ran), update
                        statistics (bits, privacy epsilon when present), attack info, timing, "interrupted"
     grid.png           originals over (matched) reconstructions [over enhanced], PSNR under each
-    loss.png           matching loss per iteration (log scale) [+ PSNR series when the attack reports one]
+    loss.png           matching loss per iteration (log scale) [+ PSNR series when the attack reports one];
+                       not written for a one-shot attack (imprint readouts: no iterations)
     reconstruction.pt  ``torch.save`` of a plain dict of tensors (loads with ``weights_only=True``)
-    run.log            what happened, with timestamps
+    run.log            what happened, with timestamps, and the library warnings of the run (not the console)
     update.safetensors only with ``output.save_update: true``
     checkpoint.pt      the attack's state every ``attack.checkpoint_every`` iterations (attacks of the engine:
                        dlg, idlg, inverting-gradients, rog); kept while the run is unfinished so that
