@@ -12,7 +12,11 @@ COMMANDS = ["list", "simulate", "run", "attack", "sweep", "report", "train-enhan
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedleak.version import __version__
+
     parser = argparse.ArgumentParser(prog="fedleak", description="Audit federated learning privacy by attacking it.")
+    parser.add_argument("--version", action="version", version=f"fedleak {__version__}",
+                        help="print fedleak's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)

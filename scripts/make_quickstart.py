@@ -22,7 +22,8 @@ CELLS = [
              "update = case.client_update()            # what the server receives\n"
              "print(f\"{update.stats['bits_per_parameter']:.2f} bits per parameter on the wire\")"),
     ("md", "## Attack\n\nThe attacker gets the server's view (the model it sent, the data shape) and the update, "
-           "never `case.images`."),
+           "never `case.images`. In a notebook the attack shows a progress bar (a widget with `ipywidgets` "
+           "installed, text otherwise); `progress=False` turns it off, `progress=True` shows it in scripts too."),
     ("code", "rec = fedleak.attack(\"rog\", case.server_view(), update, iterations=60)\n"
              "scores = fedleak.evaluate(case.images, rec, case.labels)\n"
              "{k: round(v, 3) for k, v in scores[\"mean\"].items()}"),
@@ -37,7 +38,8 @@ CELLS = [
              "for ax in axes.flat:\n"
              "    ax.axis(\"off\")\n"
              "plt.show()"),
-    ("md", "## Sweep a defence\n\nThree QSGD levels, one attack: a table and the PSNR-against-bits frontier."),
+    ("md", "## Sweep a defence\n\nThree QSGD levels, one attack: a table and the PSNR-against-bits frontier. "
+           "Each finished cell prints a line with cells done, elapsed time and the ETA."),
     ("code", "import tempfile\n"
              "from IPython.display import Image, display\n"
              "from fedleak.experiment.sweep import run_sweep, table_markdown\n\n"
@@ -54,6 +56,8 @@ CELLS = [
 def build() -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating the notebook changes only what was edited
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 

@@ -21,6 +21,15 @@ def test_quickstart_notebook_executes_and_shows_results(tmp_path):
     assert "bits per parameter" in text and "'psnr'" in text and "| cell |" in text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) == 2  # the inline grid and the sweep's frontier plot
+    # the API shows progress in a notebook: the attack's bar (tqdm's widget, or its text bar without
+    # ipywidgets) and the sweep's per-cell lines with the ETA
+    attack_cell = next(c for c in nb.cells if c.cell_type == "code" and "fedleak.attack(" in c.source)
+    widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in attack_cell.outputs)
+    text_bar = any(o.output_type == "stream" and o.name == "stderr" and "60/60" in o.text for o in attack_cell.outputs)
+    assert widget or text_bar, attack_cell.outputs
+    sweep_cell = next(c for c in nb.cells if c.cell_type == "code" and "run_sweep(" in c.source)
+    err = "".join(o.text for o in sweep_cell.outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "[1/3]" in err and "ETA" in err and "[3/3]" in err
 
 
 def test_notebook_is_what_its_generator_writes():

@@ -13,6 +13,7 @@ import torch
 
 from fedleak.errors import ConfigError
 from fedleak.options import Options
+from fedleak.progress import AttackProgress, wants_progress
 from fedleak.registry import Registry
 
 
@@ -38,9 +39,12 @@ def check_attack_config(section: dict) -> Options:
     return ATTACKS.options(section["name"], {k: v for k, v in section.items() if k != "name"})
 
 
-def attack(name_or_section: str | dict, view, update, callback=None, **options) -> Reconstruction:
+def attack(name_or_section: str | dict, view, update, callback=None, progress: Optional[bool] = None,
+           **options) -> Reconstruction:
     """Run attack ``name_or_section`` (a name, or a config section ``{name: ..., **options}``) on what the server
-    saw; ``options`` override the section's. The attack receives its validated options."""
+    saw; ``options`` override the section's. The attack receives its validated options. ``progress``: show
+    the attack's progress on stderr when no ``callback`` is given (default None: only in a Jupyter notebook,
+    see :mod:`fedleak.progress`)."""
     if isinstance(name_or_section, str):
         section = {"name": name_or_section, **options}
     elif isinstance(name_or_section, dict):
@@ -48,4 +52,9 @@ def attack(name_or_section: str | dict, view, update, callback=None, **options) 
     else:
         raise ConfigError(f"attack must be a name or a mapping with a 'name', got {type(name_or_section).__name__}")
     opts = check_attack_config(section)
-    return ATTACKS.get(section["name"])(view, update, opts, callback=callback)
+    shown = AttackProgress(desc=section["name"]) if callback is None and wants_progress(progress) else None
+    try:
+        return ATTACKS.get(section["name"])(view, update, opts, callback=callback or shown)
+    finally:
+        if shown is not None:
+            shown.close()

@@ -320,9 +320,9 @@ def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: b
     losses: list[float] = []
     bar = None
     if progress:
-        from tqdm import tqdm
+        from fedleak.progress import Bar  # a bar on a terminal, a plain line every N seconds otherwise
 
-        bar = tqdm(total=T, desc="train-enhancer", unit="step")
+        bar = Bar(T, "train-enhancer", unit="step")
     for step in range(T):
         x, y = _draw_batch(d, cfg, n_r, n_s, gen)
         loss = patch_loss(net(x), y)
@@ -336,9 +336,7 @@ def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: b
             raise ConfigError(f"training diverged at step {step + 1} (loss {lv}); try a lower lr")
         losses.append(lv)
         if bar is not None:
-            bar.update(1)
-            if step % 10 == 0 or step == T - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+            bar.update(1, postfix={"loss": f"{np.mean(losses[-50:]):.4f}"} if step % 10 == 0 or step == T - 1 else None)
     if bar is not None:
         bar.close()
     return losses

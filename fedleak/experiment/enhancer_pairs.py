@@ -64,9 +64,9 @@ def make_pairs(data: str, path: str | Path, plan: Optional[list[tuple[str, int]]
     photos, names = load_photos(data)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from fedleak.progress import Bar  # a bar on a terminal, a plain line every N seconds otherwise
 
-        bar = tqdm(total=len(plan), desc="attack pairs", unit="batch")
+        bar = Bar(len(plan), "attack pairs", unit="batch")
     for i, (obf, n) in enumerate(plan):
         have = blob["batches"][i] if i < len(blob["batches"]) else None
         if have is not None and have["obf"] == obf and have["inputs"].shape[0] == n and have["inputs"].shape[-1] == size:

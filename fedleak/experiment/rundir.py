@@ -1,8 +1,11 @@
 """What a run folder holds beyond the generic files of :mod:`fedleak.io`: the reconstruction file (one writer,
-used by the runner and the Flower audit), the attack checkpoint's name and the ``timing`` split of
-metrics.json."""
+used by the runner and the Flower audit), the attack checkpoint's name, the ``timing`` split of
+metrics.json, and the capture of library warnings into ``run.log`` (:func:`capture_warnings`)."""
 from __future__ import annotations
 
+import functools
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -67,3 +70,71 @@ def move_timing(node: Any, path: list, out: dict) -> None:
     elif isinstance(node, list):
         for i, v in enumerate(node):
             move_timing(v, [*path, str(i)], out)
+
+
+# ------------------------------------------------------------------------------- library warnings -> run.log
+class _WarningSink(logging.Handler):
+    """Where the warnings of one run go: its log once :func:`bind_warnings` named it (held until then).
+    Each distinct warning (category, text, place) is written once."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.target: Optional[Callable[[str], None]] = None
+        self.pending: list[str] = []
+        self.seen: set = set()
+
+    def write(self, line: str) -> None:
+        if self.target is None:
+            self.pending.append(line)
+        else:
+            self.target(line)
+
+    def show(self, message, category, filename, lineno, file=None, line=None) -> None:  # warnings.showwarning
+        key = (category, str(message), filename, lineno)
+        if key not in self.seen:
+            self.seen.add(key)
+            where = "/".join(Path(str(filename)).parts[-3:])
+            self.write(f"warning: {category.__name__}: {' '.join(str(message).split())} ({where}:{lineno})")
+
+    def emit(self, record: logging.LogRecord) -> None:  # logging records of libraries (root handler)
+        key = (record.name, record.levelno, record.getMessage())
+        if key not in self.seen:
+            self.seen.add(key)
+            self.write(f"log {record.levelname.lower()} from {record.name}: {' '.join(record.getMessage().split())}")
+
+
+_SINKS: list[_WarningSink] = []
+
+
+def bind_warnings(log: Callable[[str], None]) -> None:
+    """Send the library warnings of the run being captured (see :func:`capture_warnings`) to ``log``,
+    with those that came before; outside a capture, nothing happens."""
+    if _SINKS:
+        sink = _SINKS[-1]
+        sink.target = log
+        for line in sink.pending:
+            log(line)
+        sink.pending.clear()
+
+
+def capture_warnings(fn: Callable) -> Callable:
+    """Decorator: while ``fn`` runs, Python warnings (``warnings.warn``, e.g. Opacus's ``UserWarning``) and
+    library log records of level WARNING and above are written to the run's log (``run.log``, bound by
+    :func:`bind_warnings`) instead of the console. The warning filters stay as they were (an ``error`` or
+    ``ignore`` filter still applies); the previous handlers come back when ``fn`` returns or raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        sink = _WarningSink()
+        root = logging.getLogger()
+        with warnings.catch_warnings():
+            warnings.showwarning = sink.show
+            root.addHandler(sink)
+            _SINKS.append(sink)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _SINKS.remove(sink)
+                root.removeHandler(sink)
+
+    return wrapper

@@ -8,9 +8,10 @@ Run folder (``OUTPUT_DIR/<output.name or model-protocol-attack-YYYYmmdd-HHMMSS>`
     metrics.json       per-image and mean metrics ("raw", and "enhanced" when an enhancer ran), update
                        statistics (bits, privacy epsilon when present), attack info, timing, "interrupted"
     grid.png           originals over (matched) reconstructions [over enhanced], PSNR under each
-    loss.png           matching loss per iteration (log scale) [+ PSNR series when the attack reports one]
+    loss.png           matching loss per iteration (log scale) [+ PSNR series when the attack reports one];
+                       not written for a one-shot attack (imprint readouts: no iterations)
     reconstruction.pt  ``torch.save`` of a plain dict of tensors (loads with ``weights_only=True``)
-    run.log            what happened, with timestamps
+    run.log            what happened, with timestamps, and the library warnings of the run (not the console)
     update.safetensors only with ``output.save_update: true``
     checkpoint.pt      the attack's state every ``attack.checkpoint_every`` iterations (attacks of the engine:
                        dlg, idlg, inverting-gradients, rog); kept while the run is unfinished so that
@@ -31,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +43,11 @@ import yaml
 from fedleak.config.schema import as_config
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
+from fedleak.experiment.rundir import bind_warnings, capture_warnings
 from fedleak.io import COMPLETE_MARK, jsonable, new_run_dir, write_json, write_text
+from fedleak.metrics.privacy_words import describe, protection
 from fedleak.experiment.claim import claim_run_dir, release, sigterm_as_interrupt
+from fedleak.progress import AttackProgress
 
 
 class RunLog:
@@ -54,6 +57,7 @@ class RunLog:
         self.lines: list[str] = []
         self.path: Optional[Path] = None
         self.t0 = time.perf_counter()
+        bind_warnings(self)  # inside run(): library warnings go to this log, not the console
 
     def __call__(self, msg: str) -> None:
         now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -64,58 +68,12 @@ class RunLog:
             write_text(self.path, "\n".join(self.lines) + "\n")
 
 
-class Progress:
-    """The attack callback: drives a tqdm bar on stderr and records a few loss lines in the log."""
+class Progress(AttackProgress):
+    """The attack callback: a progress display on stderr (:mod:`fedleak.progress`: a bar on a terminal or in a
+    notebook, one plain line every ``FEDLEAK_PROGRESS_EVERY`` seconds otherwise) and a few loss lines in run.log."""
 
     def __init__(self, log: RunLog, enabled: bool, desc: str):
-        self.log, self.enabled, self.desc = log, enabled, desc
-        self.bar = None
-        self.last: dict[str, Any] = {}
-        self.next_log = 0
-        self.where = (0, 0)  # (stage, restart) of the last callback
-        self.t_start = time.time()
-
-    def __call__(self, state: dict) -> None:
-        self.last = dict(state)
-        it, total = int(state.get("iteration", 0)), int(state.get("iterations", 0) or 0)
-        restarts = int(state.get("restarts", 1) or 1)
-        r = int(state.get("restart", 0) or 0)
-        stage, stages = int(state.get("stage", 0) or 0), int(state.get("stages", 1) or 1)
-        pos, grand = r * total + it, total * restarts
-        if (stage, r) != self.where:  # a new stage (or restart) counts from zero with its own total
-            self.where, self.next_log = (stage, r), 0
-            if self.bar is not None:
-                self.bar.reset(total=grand or None)
-        loss = state.get("loss")
-        where = (f" (stage {stage + 1}/{stages})" if stages > 1 else "") + \
-                (f" (restart {r + 1}/{restarts})" if restarts > 1 else "")
-        if self.enabled:
-            self._draw(pos, grand, loss, where)
-        if pos >= self.next_log:
-            el = state.get("elapsed")
-            self.log(f"iteration {it}/{total}{where}" + (f" loss {float(loss):.6g}" if loss is not None else "")
-                     + (f" elapsed {float(el):.1f}s" if el is not None else ""))
-            self.next_log = pos + max(1, grand // 10)
-            self.log.flush()  # a killed run keeps its progress lines (about ten small atomic rewrites per run)
-
-    def _draw(self, pos: int, grand: int, loss, where: str) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=grand or None, desc=self.desc, unit="it", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
-            # count elapsed time (and the rate) from the start of the attack, not from the first callback
-            self.bar.start_t = self.bar.last_print_t = self.t_start
-        self.bar.n = pos
-        self.bar.set_description(self.desc + where, refresh=False)
-        if loss is not None:
-            self.bar.set_postfix({"loss": f"{float(loss):.4g}"}, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        super().__init__(log, enabled, desc, flush=log.flush)
 
 
 def _subject_masks(cfg, case, log: RunLog):
@@ -289,7 +247,8 @@ def client_stage(cfg, run_dir: Path, log: RunLog) -> ClientSide:
         f"{[o.get('name') for o in update.obfuscation] or 'none'}")
     log(f"update: {s.get('num_parameters')} parameters, {s.get('bits_per_parameter', float('nan')):.4g} bits/param, "
         f"relative error {s.get('relative_error', float('nan')):.4g}"
-        + (f", epsilon {s['privacy'].get('epsilon')}" if isinstance(s.get("privacy"), dict) else ""))
+        + (f", epsilon {describe(s['privacy'].get('epsilon'), s['privacy'].get('mechanism'))}"
+           if isinstance(s.get("privacy"), dict) else ""))
     if cfg.output.save_update:
         update.save(run_dir / "update.safetensors")
     log.flush()
@@ -359,6 +318,7 @@ def _summary(scores: Scores, stats: dict) -> dict:
     summary["bits_per_parameter"] = stats.get("bits_per_parameter")
     if isinstance(stats.get("privacy"), dict) and "epsilon" in stats["privacy"]:
         summary["epsilon"] = stats["privacy"]["epsilon"]
+        summary["epsilon_protection"] = protection(summary["epsilon"])  # plain words, metrics/privacy_words.py
     return summary
 
 
@@ -441,6 +401,7 @@ def check(config: Any = None, overrides: Optional[list[str]] = None, force: bool
     return plan.cfg, plan.attack, plan.memory
 
 
+@capture_warnings
 def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional[str | Path] = None,
         progress: bool = True, resume: Optional[str | Path] = None, force: bool = False) -> tuple[Path, dict]:
     """Run one experiment end to end and return ``(run_dir, metrics)``.
@@ -506,5 +467,9 @@ def summary_lines(run_dir: Path, metrics: dict) -> list[str]:
     out = [line]
     if "enhanced_psnr" in s:
         out.append(f"enhanced: mean PSNR {s['enhanced_psnr']:.2f} dB, SSIM {s['enhanced_ssim']:.4f}")
+    if s.get("epsilon") is not None:
+        priv = ((metrics.get("update") or {}).get("stats") or {}).get("privacy") or {}
+        out.append(f"privacy: epsilon {describe(s['epsilon'], priv.get('mechanism'))}"
+                   + (f", delta {priv['delta']:.2g}" if isinstance(priv.get("delta"), (int, float)) else ""))
     out.append(f"run folder: {run_dir}")
     return out

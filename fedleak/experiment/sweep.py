@@ -26,8 +26,10 @@ Every cell is an ordinary run folder written by :func:`fedleak.experiment.runner
     results.csv        one row per cell, sorted by cell id (no timing: equal seeds give equal tables)
     results.md         the same table in Markdown
     results.json       the same rows as JSON (typed values)
-    psnr_vs_bits.png   PSNR against bits per parameter, one line per attack
-    psnr_ssim_vs_epsilon.png   PSNR and SSIM against the privacy epsilon (only when some cell has one)
+    psnr_vs_bits.png   PSNR against bits per parameter, one line per attack (only when some attack's cells
+                       reach two different bits values)
+    psnr_ssim_vs_epsilon.png   PSNR and SSIM against the privacy epsilon, one line per attack and DP relation
+                       (``dp``: ldp or dpsgd; only when some such series reaches two different epsilons)
     sweep.log          what happened, with timing
     COMPLETE           written when every cell has been attempted (failed cells included)
 
@@ -61,9 +63,10 @@ import yaml
 
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.io import COMPLETE_MARK, is_complete, mark_complete, write_json, write_text
+from fedleak.progress import duration, eta_seconds
 
 #: table columns, in order
-COLUMNS = ["cell", "overrides", "seed", "attack", "bits_per_param", "epsilon", "psnr", "ssim", "ssim_rog",
+COLUMNS = ["cell", "overrides", "seed", "attack", "bits_per_param", "epsilon", "dp", "psnr", "ssim", "ssim_rog",
            "perceptual", "label_acc", "status", "error"]
 SPEC_KEYS = {"base", "set", "grid", "cells", "seeds", "out", "backend", "workers", "address", "threads"}
 BACKENDS = ("local", "ray")
@@ -268,6 +271,7 @@ def row_from_metrics(cell_id: str, overrides: list[str], seed: int, metrics: dic
     return {"cell": cell_id, "overrides": "; ".join(overrides), "seed": seed,
             "attack": (metrics.get("attack") or {}).get("name", ""),
             "bits_per_param": _num(s.get("bits_per_parameter")), "epsilon": _num(s.get("epsilon")),
+            "dp": (((metrics.get("update") or {}).get("stats") or {}).get("privacy") or {}).get("mechanism"),
             "psnr": _num(s.get("psnr")), "ssim": _num(s.get("ssim")), "ssim_rog": _num(s.get("ssim_rog")),
             "perceptual": _num(s.get("perceptual")), "label_acc": _num(s.get("label_accuracy")),
             "status": status, "error": ""}
@@ -447,77 +451,13 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _series(rows: list[dict], x: str, y: str) -> dict[str, tuple[list, list, list, list]]:
-    """Per attack: (x of each point, y of each point, x of the means, mean y per distinct x)."""
-    out = {}
-    for att in sorted({r["attack"] for r in rows if r.get("attack")}):
-        pts = [(r[x], r[y]) for r in rows if r.get("attack") == att and r.get("status") == "complete"
-               and r.get(x) is not None and r.get(y) is not None]
-        if not pts:
-            continue
-        xs = sorted({p[0] for p in pts})
-        means = [sum(p[1] for p in pts if p[0] == v) / sum(1 for p in pts if p[0] == v) for v in xs]
-        out[att] = ([p[0] for p in pts], [p[1] for p in pts], xs, means)
-    return out
+def plot_frontiers(rows: list[dict], folder: Path, log: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """Write ``psnr_vs_bits.png`` and ``psnr_ssim_vs_epsilon.png`` where they show a frontier (see
+    :func:`fedleak.metrics.plots.save_frontiers`: degenerate plots are not drawn, ldp and dpsgd epsilons are
+    separate series)."""
+    from fedleak.metrics import plots
 
-
-def _log_axis(ax, values: list[float], base: float) -> None:
-    pos = [v for v in values if v > 0]
-    if pos and len(pos) == len(values) and max(pos) / min(pos) > 4:
-        ax.set_xscale("log", base=base)
-
-
-def _plot_series(ax, rows: list[dict], x: str, y: str):
-    """One line per attack (mean over seeds) with the single cells as dots; returns (series, all x values)."""
-    ser = _series(rows, x, y)
-    allx = []
-    for att, (px, py, mx, my) in ser.items():
-        line, = ax.plot(mx, my, marker="o", lw=1.5, label=att)
-        ax.scatter(px, py, s=12, alpha=0.5, color=line.get_color())
-        allx += px
-    return ser, allx
-
-
-def plot_frontiers(rows: list[dict], folder: Path) -> list[Path]:
-    """Write ``psnr_vs_bits.png`` and (when any cell has an epsilon) ``psnr_ssim_vs_epsilon.png``."""
-    from fedleak.metrics import plots  # noqa: F401  (selects the Agg backend)
-    import matplotlib.pyplot as plt
-
-    written = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ser, allx = _plot_series(ax, rows, "bits_per_param", "psnr")
-    if ser:
-        _log_axis(ax, allx, 2)
-        ax.legend(title="attack", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no complete cells with bits per parameter", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("bits per parameter (on the wire)")
-    ax.set_ylabel("PSNR (dB), higher = more leakage")
-    ax.set_title("Leakage against communication", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    plots.save_figure(fig, folder / "psnr_vs_bits.png")
-    written.append(folder / "psnr_vs_bits.png")
-
-    if any(r.get("epsilon") is not None for r in rows):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, y, lab in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
-            ser, allx = _plot_series(ax, rows, "epsilon", y)
-            if ser:
-                _log_axis(ax, allx, 10)
-                ax.legend(title="attack", fontsize=8)
-            ax.set_xlabel("privacy epsilon (per round)")
-            ax.set_ylabel(lab)
-            ax.grid(True, which="both", alpha=0.3)
-        fig.suptitle("Leakage against the privacy budget", fontsize=10)
-        fig.tight_layout()
-        plots.save_figure(fig, folder / "psnr_ssim_vs_epsilon.png")
-        written.append(folder / "psnr_ssim_vs_epsilon.png")
-    else:
-        stale = folder / "psnr_ssim_vs_epsilon.png"
-        if stale.is_file():
-            stale.unlink()
-    return written
+    return plots.save_frontiers(rows, folder, log)
 
 
 def write_tables(rows: list[dict], folder: Path) -> list[dict]:
@@ -639,16 +579,18 @@ def _plan(sweep: Sweep, folder: Path, threads: int, log: Callable[[str], None]) 
 
 def _recorder(rows: dict, n_total: int, folder: Path, log: Callable[[str], None]) -> Callable[[dict], None]:
     """The backends' ``on_done``: record a finished cell's row, log it, rewrite the tables."""
-    n_done = [len(rows)]
+    n_done, n_before, t0 = [len(rows)], len(rows), time.perf_counter()
 
     def on_done(row: dict) -> None:
         n_done[0] += 1
+        eta = eta_seconds(n_done[0] - n_before, n_total - n_before, time.perf_counter() - t0)
         secs = row.pop("seconds", None)
         rows[row["cell"]] = row
         what = (f"PSNR {row['psnr']:.2f} dB" if row["status"] == "complete" and row["psnr"] is not None
                 else row["error"] or row["status"])
         log(f"[{n_done[0]}/{n_total}] {row['cell']} {row['attack']} {row['status']}: {what}"
-            + (f" ({secs:.1f}s)" if secs is not None else ""))
+            + (f" ({secs:.1f}s)" if secs is not None else "")
+            + f"; elapsed {duration(time.perf_counter() - t0)}" + (f", ETA {duration(eta)}" if eta else ""))
         write_tables(list(rows.values()), folder)
 
     return on_done
@@ -680,7 +622,7 @@ def run_sweep(source: str | Path | dict | Sweep, out: Optional[str | Path] = Non
         else:
             _ray_backend(tasks, workers, address, on_done, log)
     final = write_tables(list(rows.values()), folder)
-    plot_frontiers(final, folder)
+    plot_frontiers(final, folder, log)
     n_fail = sum(1 for r in final if r["status"] != "complete")
     log(f"done in {time.perf_counter() - t0:.1f}s: {len(final) - n_fail} complete, {n_fail} failed/incomplete; "
         f"table {folder / 'results.md'}")

@@ -1,9 +1,15 @@
-"""Figures for a run: the image grid and the loss curve (matplotlib, Agg backend, written atomically)."""
+"""Figures for a run (the image grid, the loss curve) and a sweep (the frontiers), with matplotlib's Agg
+backend, written atomically.
+
+Degenerate plots are not drawn: a loss curve needs at least two finite loss values (a one-shot readout such
+as ``imprint`` has none), and a frontier needs one series whose complete cells reach at least two different
+values on its x axis (a bits frontier where every cell sends 32 bits per parameter says nothing). A plot not
+drawn is removed if an earlier run left one, and the reason is logged."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import matplotlib
 
@@ -75,20 +81,27 @@ def save_grid(originals: Any, recs: Any, path: str | Path, psnrs: Optional[Seque
     save_figure(fig, path)
 
 
+def loss_drawable(history: Sequence[float]) -> bool:
+    """A loss curve says something only with at least two finite values."""
+    return sum(1 for v in history if math.isfinite(float(v))) >= 2
+
+
 def save_loss(history: Sequence[float], path: str | Path, series: Optional[dict] = None,
-              title: Optional[str] = None) -> None:
+              title: Optional[str] = None) -> bool:
     """Matching loss per iteration (log y when all values are positive, else symlog). If ``series`` has a
     ``psnr`` entry (list of ``(iteration, value)`` pairs, or plain values one per iteration) it is drawn on a
-    second y axis."""
+    second y axis. Returns False, writing nothing (and removing a stale ``path``), when the history has fewer
+    than two finite values (see :func:`loss_drawable`)."""
+    path = Path(path)
+    if not loss_drawable(history):
+        path.unlink(missing_ok=True)
+        return False
     fig, ax = plt.subplots(figsize=(6, 3.6))
     h = np.asarray([float(v) for v in history], dtype=float)
-    if h.size:
-        x = np.arange(1, h.size + 1)
-        ok = np.isfinite(h)
-        ax.plot(x[ok], h[ok], color="tab:blue", lw=1.2, label="loss")
-        ax.set_yscale("log" if ok.any() and (h[ok] > 0).all() else "symlog")
-    else:
-        ax.text(0.5, 0.5, "no iterations recorded", transform=ax.transAxes, ha="center", va="center")
+    x = np.arange(1, h.size + 1)
+    ok = np.isfinite(h)
+    ax.plot(x[ok], h[ok], color="tab:blue", lw=1.2, label="loss")
+    ax.set_yscale("log" if (h[ok] > 0).all() else "symlog")
     ax.set_xlabel("iteration")
     ax.set_ylabel("matching loss", color="tab:blue")
     ax.grid(True, which="both", alpha=0.3)
@@ -103,3 +116,100 @@ def save_loss(history: Sequence[float], path: str | Path, series: Optional[dict]
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+    return True
+
+
+# ------------------------------------------------------------------------------------ sweep frontiers
+def frontier_series(rows: list[dict], x: str, y: str, by_relation: bool = False
+                    ) -> dict[str, tuple[list, list, list, list]]:
+    """Per series (an attack; with ``by_relation`` an attack and the DP relation of its epsilon, the row's
+    ``dp``): (x of each complete cell, its y, the distinct x, the mean y per distinct x)."""
+    from fedleak.metrics.privacy_words import relation
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if not r.get("attack") or r.get("status") != "complete" or r.get(x) is None or r.get(y) is None:
+            continue
+        label = str(r["attack"])
+        if by_relation and r.get("dp"):
+            label += f", {r['dp']} ({relation(r['dp'])})"
+        groups.setdefault(label, []).append((r[x], r[y]))
+    out = {}
+    for label in sorted(groups):
+        pts = groups[label]
+        xs = sorted({p[0] for p in pts})
+        means = [sum(p[1] for p in pts if p[0] == v) / sum(1 for p in pts if p[0] == v) for v in xs]
+        out[label] = ([p[0] for p in pts], [p[1] for p in pts], xs, means)
+    return out
+
+
+def frontier_drawable(series: dict) -> bool:
+    """At least one series reaches two different x values (else there is no frontier to see)."""
+    return any(len(mx) >= 2 for _, _, mx, _ in series.values())
+
+
+def _log_axis(ax, values: list[float], base: float) -> None:
+    pos = [v for v in values if v > 0]
+    if pos and len(pos) == len(values) and max(pos) / min(pos) > 4:
+        ax.set_xscale("log", base=base)
+
+
+def _draw_series(ax, series: dict, base: float, legend: str) -> None:
+    """One line per series (mean over seeds) with the single cells as dots."""
+    allx = []
+    for label, (px, py, mx, my) in series.items():
+        line, = ax.plot(mx, my, marker="o", lw=1.5, label=label)
+        ax.scatter(px, py, s=12, alpha=0.5, color=line.get_color())
+        allx += px
+    _log_axis(ax, allx, base)
+    ax.legend(title=legend, fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _not_drawn(path: Path, why: str, log: Optional[Callable[[str], None]]) -> None:
+    path.unlink(missing_ok=True)
+    if log is not None:
+        log(f"{path.name} not drawn: {why}")
+
+
+def save_frontiers(rows: list[dict], folder: str | Path, log: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """A sweep's frontier plots from its table rows: ``psnr_vs_bits.png`` (one line per attack) and
+    ``psnr_ssim_vs_epsilon.png`` (one line per attack and DP relation: an ``ldp`` epsilon protects a whole
+    update, a ``dpsgd`` one an example, so the two never share a line). Each is drawn only when
+    :func:`frontier_drawable`; returns the files written."""
+    folder = Path(folder)
+    written = []
+    bits = frontier_series(rows, "bits_per_param", "psnr")
+    if frontier_drawable(bits):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _draw_series(ax, bits, 2, "attack")
+        ax.set_xlabel("bits per parameter (on the wire)")
+        ax.set_ylabel("PSNR (dB), higher = more leakage")
+        ax.set_title("Leakage against communication", fontsize=10)
+        fig.tight_layout()
+        save_figure(fig, folder / "psnr_vs_bits.png")
+        written.append(folder / "psnr_vs_bits.png")
+    else:
+        values = sorted({p for px, _, _, _ in bits.values() for p in px})
+        _not_drawn(folder / "psnr_vs_bits.png", "no complete cells with bits per parameter" if not values else
+                   f"every series has a single bits-per-parameter value ({', '.join(f'{v:.4g}' for v in values)})",
+                   log)
+    eps = {y: frontier_series(rows, "epsilon", y, by_relation=True) for y in ("psnr", "ssim")}
+    if frontier_drawable(eps["psnr"]) or frontier_drawable(eps["ssim"]):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, y, lab in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+            if eps[y]:
+                _draw_series(ax, eps[y], 10, "attack, DP relation")
+            ax.set_xlabel("privacy epsilon (per round)")
+            ax.set_ylabel(lab)
+        fig.suptitle("Leakage against the privacy budget (epsilons of different relations are not comparable)",
+                     fontsize=10)
+        fig.tight_layout()
+        save_figure(fig, folder / "psnr_ssim_vs_epsilon.png")
+        written.append(folder / "psnr_ssim_vs_epsilon.png")
+    elif any(r.get("epsilon") is not None for r in rows):
+        _not_drawn(folder / "psnr_ssim_vs_epsilon.png", "no series (attack and DP relation) of complete cells "
+                   "reaches two different epsilons", log)
+    else:
+        (folder / "psnr_ssim_vs_epsilon.png").unlink(missing_ok=True)
+    return written

@@ -209,20 +209,18 @@ def run_body(folder: Path, level: int = 1) -> tuple[str, list[str]]:
         rows.append(("bits per parameter", _num(s.get("bits_per_parameter"), "{:.4g}")))
         priv = stats.get("privacy") if isinstance(stats.get("privacy"), dict) else None
         if priv:
-            rows.append(("privacy epsilon / delta", f"{_num(priv.get('epsilon'), '{:.4g}')} / "
-                                                    f"{_num(priv.get('delta'), '{:.2g}')} ({_e(priv.get('mechanism'))})"))
+            rows.append(("privacy epsilon / delta", _privacy_cell(priv)))
         obf = upd.get("obfuscation") or []
         rows.append(("obfuscation", _e(" -> ".join(
             f"{o.get('name')}(" + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")" for o in obf)
             or "none")))
-        a = metrics.get("attack") or {}
-        rows.append(("attack iterations", f"{_e(a.get('iterations_run'))} of {_e(a.get('iterations_planned'))}"))
+        rows += _attack_rows(metrics.get("attack") or {})
         out.append(f"<{'h' + str(level + 1)}>Summary</{'h' + str(level + 1)}>")
         out.append('<table id="summary">' + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
                    + "</table>")
     out += _images_section(folder, cfg, metrics, level + 1)
-    loss = file_data_uri(folder / "loss.png")
-    if loss:
+    loss = file_data_uri(folder / "loss.png") if _iterative(metrics.get("attack") or {}) else None
+    if loss:  # a one-shot attack (imprint readouts) has no loss curve: no empty panel
         out.append(f"<h{level + 1}>Matching loss</h{level + 1}>")
         out.append(_img(loss, "matching loss per iteration", "plot", "loss"))
     if cfg_text:
@@ -232,6 +230,41 @@ def run_body(folder: Path, level: int = 1) -> tuple[str, list[str]]:
     if log:
         out.append(f"<details><summary>run.log</summary><pre>{_e(log)}</pre></details>")
     return title, out
+
+
+def _privacy_cell(priv: dict) -> str:
+    """``epsilon / delta (mechanism)`` and the plain-words band with its neighbouring relation."""
+    from fedleak.metrics.privacy_words import protection, relation
+
+    eps, words = priv.get("epsilon"), protection(priv.get("epsilon"))
+    band = (f' <b class="protection" data-protection="{_e(words)}">{_e(words)}</b>'
+            f' <span class="sub">(neighbouring relation: {_e(relation(priv.get("mechanism")))})</span>') if words else ""
+    return (f"{_num(eps, '{:.4g}')} / {_num(priv.get('delta'), '{:.2g}')} ({_e(priv.get('mechanism'))}){band}")
+
+
+def _iterative(a: dict) -> bool:
+    """Did the attack iterate (an optimisation with a loss per iteration), or was it a one-shot readout?"""
+    return bool(a.get("iterations_planned") or a.get("iterations_run"))
+
+
+def _attack_rows(a: dict) -> list[tuple[str, str]]:
+    """Iterations run of planned for an iterative attack; what a one-shot readout (``imprint``,
+    ``ldp-imprint``) recovered instead, from its ``info``."""
+    if _iterative(a):
+        planned = a.get("iterations_planned")
+        return [("attack iterations", f"{_e(a.get('iterations_run'))}" + (f" of {_e(planned)}" if planned else ""))]
+    info = a.get("info") or {}
+    rows = [("attack", "one-shot readout (no iterations, no matching loss)")]
+    if info.get("batch_size") is not None:
+        rows.append(("images read out", f"{_e(info.get('returned'))} of {_e(info.get('batch_size'))} "
+                                        f"({_e(info.get('recovered'))} bin(s) found, "
+                                        f"{_e(info.get('padded_with_public_mean', 0))} filled with the public mean)"))
+    if info.get("candidates") is not None:
+        rows.append(("readout candidates", f"{_e(info.get('candidates'))} ({_e(info.get('merged_duplicates', 0))} "
+                                           "merged as duplicates)"))
+    if isinstance(info.get("sigma_used"), (int, float)):
+        rows.append(("estimated noise", f"{_e(info.get('distribution_used'))}, sigma {_num(info['sigma_used'], '{:.3g}')}"))
+    return rows
 
 
 def _images_section(folder: Path, cfg: dict, metrics: dict, level: int) -> list[str]:
@@ -324,6 +357,10 @@ def sweep_body(folder: Path) -> tuple[str, list[str]]:
             v = r.get(c)
             if c == "cell":
                 tds.append(f'<td class="id"><a href="cells/{_e(v)}/">{_e(v)}</a></td>')
+            elif c == "epsilon" and v is not None:
+                from fedleak.metrics.privacy_words import protection
+
+                tds.append(f'<td class="num">{_num(v, _FMT[c])} <span class="sub">({_e(protection(v))})</span></td>')
             elif c in _HEADERS:
                 tds.append(f'<td class="num">{_num(v, _FMT.get(c, "{:.4f}"))}</td>')
             elif c == "overrides":
@@ -335,12 +372,17 @@ def sweep_body(folder: Path) -> tuple[str, list[str]]:
     plots = [(n, t) for n, t in (("psnr_vs_bits.png", "PSNR against bits per parameter"),
                                  ("psnr_ssim_vs_epsilon.png", "PSNR and SSIM against epsilon"))
              if (folder / n).is_file()]
-    if plots:
-        out.append("<h2>Frontiers</h2>")
-        for n, t in plots:
-            out.append(f"<figure>{_img(file_data_uri(folder / n), t, 'plot', 'frontier')}"
-                       f"<figcaption>{_e(t)} (one line per attack; dots are single cells, lines join the means)"
-                       "</figcaption></figure>")
+    out.append("<h2>Frontiers</h2>")
+    for n, t in plots:
+        out.append(f"<figure>{_img(file_data_uri(folder / n), t, 'plot', 'frontier')}"
+                   f"<figcaption>{_e(t)} (one line per attack, and per DP relation for epsilon; dots are single "
+                   "cells, lines join the means)</figcaption></figure>")
+    drawn = {n for n, _ in plots}
+    if "psnr_vs_bits.png" not in drawn or (any(r.get("epsilon") is not None for r in rows)
+                                          and "psnr_ssim_vs_epsilon.png" not in drawn):
+        out.append('<p class="sub" id="no-frontier">A frontier plot is drawn only where the complete cells of '
+                   "one series reach at least two different values on its axis (bits per parameter, epsilon); "
+                   "see sweep.log for the plots not drawn.</p>")
     out.append("<h2>Cells</h2>")
     figs = []
     for k, r in enumerate(rows):
