@@ -37,6 +37,8 @@ README = ROOT / "README.md"
 TINY = {"data.size": "16", "data.batch_size": "2", "attack.iterations": "2", "threads": "1"}
 
 #: commands not run, with the reason (a command matches when it starts with the key); they are still parsed
+#: file names in README commands that stand for a user's captured files (made by :meth:`Runner.captured`)
+CAPTURED = ("global.pt", "grads.pt")
 EXPENSIVE = {
     "pytest": "the test suite itself (this test is part of it)",
     "python examples/flower_audit.py": "a live Flower simulation of several rounds (tests/test_flower.py runs "
@@ -123,6 +125,7 @@ class Runner:
         self.sweep: Path | None = None
         self.n = 0
         self.renames: dict[str, str] = {}  # file names that a tiny command wrote instead of the README's
+        self.sims: list[Path] = []  # folders written by the README's simulate commands
 
     def placeholders(self, words: list[str]) -> list[str]:
         out = []
@@ -130,12 +133,34 @@ class Runner:
             if "<run>" in w or "<run-or-sweep>" in w:
                 assert self.runs, f"{w!r} names a run folder, but no README command before it made one"
                 w = str(self.runs[0])
+            if "<simulate-folder>" in w:
+                assert self.sims, f"{w!r} names a simulate folder, but no README command before it made one"
+                w = re.sub(r"[^ ]*<simulate-folder>", str(self.sims[0]), w)
+            if w in CAPTURED:
+                w = str(self.captured(w))
             if "=DIR" in w:
                 w = w.replace("=DIR", f"={self.photos()}")
             for old, new in self.renames.items():
                 w = w.replace(old, new)
             out.append(w)
         return out
+
+    def captured(self, name: str) -> Path:
+        """``global.pt`` / ``grads.pt``: what plain PyTorch FL code would save for the README's ``fedleak attack``
+        example (a seeded LeNet at 32x32 and one image's gradients, both with ``torch.save``)."""
+        weights, grads = self.tmp / "global.pt", self.tmp / "grads.pt"
+        if not grads.exists():
+            import torch
+
+            from fedleak.client.models import build_model
+
+            torch.manual_seed(0)
+            model = build_model("lenet", num_classes=1000, image_size=32)
+            torch.save(model.state_dict(), weights)
+            loss = torch.nn.functional.cross_entropy(model(torch.rand(1, 3, 32, 32)), torch.tensor([3]))
+            names = [n for n, _ in model.named_parameters()]
+            torch.save(dict(zip(names, torch.autograd.grad(loss, list(model.parameters())))), grads)
+        return weights if name == "global.pt" else grads
 
     def photos(self) -> Path:
         p = self.tmp / "photos"
@@ -155,6 +180,12 @@ class Runner:
                 words = [*words, "--out", str(out)]
                 if cmd == "run":
                     self.runs.append(out)
+                else:
+                    self.sims.append(out)
+        if cmd == "attack":
+            if "attack.iterations" not in _set_keys(words):
+                words = [*words, "--set", "attack.iterations=2"]
+            words = [*words, "--out", str(self.tmp / "experiments" / f"readme-attack-{len(words)}"), "-q"]
         if cmd == "run" and "-q" not in words and "--quiet" not in words:
             words = [*words, "-q"]
         if cmd == "train-victim":  # 5 epochs take 8-80 s: the seeded initial snapshot only (see test_readme)
