@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fedleak.errors import DataError
+from fedleak.io import path_problem
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -130,7 +131,7 @@ def load_folder(path: str | Path, size: int, mode: str = "crop", start: int = 0,
     """Load images ``start .. start+count`` (sorted order / CSV order) from a folder."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"image folder {str(root)!r} does not exist")
+        raise DataError(f"image folder {str(root)!r} {path_problem(root)}")
     if not root.is_dir():
         raise DataError(f"{str(root)!r} is not a folder")
     items = _list_folder(root)
@@ -141,7 +142,7 @@ def load_folder(path: str | Path, size: int, mode: str = "crop", start: int = 0,
     sel = items[start : start + count if count else None]
     for f, _ in sel:
         if not f.is_file():
-            raise DataError(f"listed image {str(f)!r} does not exist")
+            raise DataError(f"listed image {str(f)!r} {path_problem(f)}")
     imgs = torch.stack([load_image(f, size, mode) for f, _ in sel])
     labels = torch.tensor([lab for _, lab in sel], dtype=torch.long)
     return ImageSet(imgs, labels, [f.name for f, _ in sel])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -221,7 +223,7 @@ def parse_value(text: str) -> Any:
             raise ConfigError(f"--set: number {t[:20]}... has more than 400 digits")
         return float(t) if any(c in t for c in ".eE") else int(t)
     try:
-        return yaml.safe_load(text)
+        return _safe_load_unique(text)
     except yaml.YAMLError:
         return text
     except (RecursionError, ValueError) as e:
@@ -279,6 +281,10 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# YAML 1.2 floats that the YAML 1.1 resolver reads as strings: an exponent without a dot or without a sign (1e-3, 1e3)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _safe_load_unique(text: str) -> Any:
@@ -290,29 +296,37 @@ def _safe_load_unique(text: str) -> Any:
         loader.dispose()
 
 
-def load_raw(path: str | Path | None) -> dict:
+def load_raw(path: str | Path | None, what: str = "config") -> dict:
+    """The mapping in the YAML file ``path`` (``{}`` for None), through the safe loader that refuses duplicate
+    keys; every problem (missing file, symlink loop, bad YAML, too deep, an integer too long) is one line
+    naming ``what`` and the file."""
     if path is None:
         return {}
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
+        from fedleak.io import path_problem
+
+        raise ConfigError(f"{what} file {str(p)!r} {path_problem(p, 'not found')}")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {str(p)!r}: {e}") from e
+        raise ConfigError(f"cannot read {what} {str(p)!r}: {e}") from None
     try:
         raw = _safe_load_unique(text)
     except RecursionError:
-        raise ConfigError(f"config {str(p)!r} is nested too deeply") from None
+        raise ConfigError(f"{what} {str(p)!r} is nested too deeply") from None
     except ValueError as e:
-        raise ConfigError(f"config {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
+        if "integer string conversion" in str(e):
+            raise ConfigError(f"{what} {str(p)!r}: an integer has more than {sys.get_int_max_str_digits()} "
+                              "digits") from None
+        raise ConfigError(f"{what} {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
-        raise ConfigError(f"config {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {str(p)!r} must be a mapping at top level, got {type(raw).__name__}")
+        raise ConfigError(f"{what} {str(p)!r} must be a mapping at top level, got {type(raw).__name__}")
     return raw
 
 
