@@ -226,7 +226,11 @@ def parse_value(text: str) -> Any:
         return _safe_load_unique(text)
     except yaml.YAMLError:
         return text
+    except ConfigError as e:
+        raise ConfigError(f"--set: {str(e).removeprefix('config: ')}") from None
     except (RecursionError, ValueError) as e:
+        if "integer string conversion" in str(e):
+            raise ConfigError(f"--set: an integer has more than {sys.get_int_max_str_digits()} digits") from None
         raise ConfigError(f"--set: value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
 
 
@@ -274,9 +278,9 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
     seen = set()
     for k, _ in node.value:
         key = loader.construct_object(k, deep=deep)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if isinstance(key, (str, int, float, bool, type(None))) and key in seen:  # scalar keys (null too)
             raise ConfigError(f"config: key {key!r} is given twice (line {k.start_mark.line + 1})")
-        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        seen.add(key) if isinstance(key, (str, int, float, bool, type(None))) else None
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
@@ -287,8 +291,29 @@ _UniqueKeyLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of flow brackets (``[`` ``{``) outside quotes: a cheap look before parsing, because
+    PyYAML recurses once per level (5000 levels: a RecursionError after seconds)."""
+    depth = top = 0
+    quote = None
+    for c in text:
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif c in "]}":
+            depth -= 1
+    return top
+
+
 def _safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys (the loader is a SafeLoader: no Python tags)."""
+    """``yaml.safe_load`` that refuses duplicate keys (the loader is a SafeLoader: no Python tags) and flow
+    values nested more than ``2 * MAX_DEPTH`` brackets deep (before parsing them)."""
+    if _flow_depth(text) > 2 * MAX_DEPTH:
+        raise ConfigError(f"config: a value is nested more than {2 * MAX_DEPTH} levels deep")
     loader = _UniqueKeyLoader(text)
     try:
         return loader.get_single_data()
@@ -417,9 +442,23 @@ def _check_names(cfg: RunConfig) -> None:
 
     if not cfg.model.name.startswith("import:"):
         MODELS.resolve(cfg.model.name)
+    else:
+        _check_import_model(cfg)
     if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
     build_pipeline(cfg.obfuscation)
+
+
+def _check_import_model(cfg: RunConfig) -> None:
+    """Build an ``import:`` model on PyTorch's meta device (no memory, no compute) before any work, so that a name
+    that is not an ``nn.Module`` subclass, or a factory that does not return one, is refused at ``--check`` and
+    before a run starts. Importing the module runs its code (docs/robustness.md: only name trusted modules)."""
+    import torch
+
+    from fedleak.client.models import build_model, model_kwargs
+
+    with torch.device("meta"):
+        build_model(cfg.model.name, **model_kwargs(cfg.model, cfg.data.size))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
