@@ -25,7 +25,8 @@ class OutputError(FedleakError, OSError):
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return " ".join(str(e).split())[:160] or type(e).__name__
+    native = " ".join(str(e).split())[:120] or type(e).__name__
+    return f"the file system refused the write (disk full, a file-size limit or a read-only file system?): {native}"
 
 
 def _is_write_failure(e: BaseException) -> bool:
