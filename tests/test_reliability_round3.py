@@ -250,6 +250,15 @@ def test_simulate_never_touches_a_complete_folder(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+# ------------------------------------------------------------------ 4. DP budgets at --check (dpsgd too)
+@pytest.mark.parametrize("obf", ["ldp(max_norm=1, epsilon=0.01)", "dpsgd(max_grad_norm=1, epsilon=0.01)"])
+def test_unreachable_dp_budget_is_refused_at_check(capsys, obf):
+    """Round 2 refused dpsgd's budget only once the run had started; ``--check`` passed it."""
+    assert cli.main(["run", *SMALL, "--set", f"obfuscation={obf}", "--check"]) == 2
+    _one_line_error(capsys, "is unreachable", "smallest reachable epsilon is about")
+    assert cli.main(["run", *SMALL, "--set", "obfuscation=dpsgd(max_grad_norm=1, epsilon=5)", "--check"]) == 0
+
+
 # ------------------------------------------------------------------ 8. scientific notation in YAML
 def test_scientific_notation_in_yaml_files(tmp_path):
     from fedleak.config.schema import load_config

@@ -446,7 +446,27 @@ def _check_names(cfg: RunConfig) -> None:
         _check_import_model(cfg)
     if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
-    build_pipeline(cfg.obfuscation)
+    _check_dp_budgets(cfg, build_pipeline(cfg.obfuscation))
+
+
+def _check_dp_budgets(cfg: RunConfig, pipeline) -> None:
+    """Calibrate a ``dpsgd`` step given an ``epsilon`` for the round this config describes (the client's batch,
+    its local steps), so that an unreachable budget is refused at ``--check`` and before the run, not after it
+    has started (``ldp`` calibrates when it is built)."""
+    from fedleak.client.obfuscations import ObfContext
+    from fedleak.client.obfuscations.dp import DPSGD
+
+    steps = [s for s in pipeline.steps if isinstance(s, DPSGD) and s.noise_multiplier is None]
+    if not steps:
+        return
+    p, n = cfg.protocol, cfg.data.batch_size
+    ctx = ObfContext(generator=None, batch_size=n if p.name == "fedsgd" else (p.local_batch_size or n),
+                     num_examples=n, local_steps=1 if p.name == "fedsgd" else p.local_steps * p.epochs)
+    for step in steps:
+        try:
+            step.effective_noise_multiplier(ctx)
+        except ConfigError as e:
+            raise ConfigError(f"obfuscation: {e}") from None
 
 
 def _check_import_model(cfg: RunConfig) -> None:
