@@ -340,6 +340,8 @@ def load_raw(path: str | Path | None, what: str = "config") -> dict:
         raw = _safe_load_unique(text)
     except RecursionError:
         raise ConfigError(f"{what} {str(p)!r} is nested too deeply") from None
+    except ConfigError as e:  # a key given twice, flow values nested too deeply
+        raise ConfigError(f"{what} {str(p)!r}: {str(e).removeprefix('config: ')}") from None
     except ValueError as e:
         if "integer string conversion" in str(e):
             raise ConfigError(f"{what} {str(p)!r}: an integer has more than {sys.get_int_max_str_digits()} "
