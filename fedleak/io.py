@@ -194,7 +194,7 @@ def check_complete(run_dir: str | Path, verify: bool = False) -> None:
     """
     d = Path(run_dir)
     if not d.is_dir():
-        raise IncompleteRunError(f"{str(d)!r} is not a run folder")
+        raise IncompleteRunError(f"{str(d)!r} {path_problem(d, 'is not a run folder')}")
     mark = d / COMPLETE_MARK
     if not mark.is_file():
         hint = "; fedleak run --resume continues it" if (d / "checkpoint.pt").is_file() else ""
