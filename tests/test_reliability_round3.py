@@ -279,6 +279,17 @@ def test_scientific_notation_in_yaml_files(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize("assignment, needle", [("obfuscation=qsgd(levels=true)", "levels must be an integer"),
+                                                ("obfuscation=gaussian(true)", "sigma must be a number"),
+                                                ("attack.iterations=true", "iterations must be an integer"),
+                                                ("attack={name: rog, lr: true}", "lr must be")])
+def test_booleans_are_still_not_numbers_in_named_options(assignment, needle):
+    from fedleak.config.schema import load_config
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config(base={}, overrides=[assignment])
+
+
 def test_scientific_notation_in_sweep_files(tmp_path):
     from fedleak.experiment.sweep import load_sweep
 
