@@ -3,6 +3,7 @@ run folders' COMPLETE manifests."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -16,22 +17,71 @@ from fedleak.errors import ConfigError, FedleakError
 COMPLETE_MARK = "COMPLETE"
 
 
+class OutputError(FedleakError, OSError):
+    """A result file could not be written (read-only folder, disk full, file-size limit, a parent that is a
+    file). Also an ``OSError``, so callers that tolerate a failed write (the run log) still do."""
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    native = " ".join(str(e).split())[:120] or type(e).__name__
+    return f"the file system refused the write (disk full, a file-size limit or a read-only file system?): {native}"
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """An ``OSError``, or what torch's (``RuntimeError``) and safetensors' (``SafetensorError``) native writers
+    raise when the file system refuses a write."""
+    return isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds. A failure to
+    create, write (:func:`_is_write_failure`) or rename
+    the file raises :class:`OutputError` (one line); the temporary is removed, so ``path`` is either the old
+    file, the complete new one, or absent, never a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         os.chmod(tmp, 0o644)
         _fsync(tmp)  # the data reaches the disk before the rename makes it visible (power loss, not just kill)
         os.replace(tmp, path)
+    except Exception as e:
+        if isinstance(e, FedleakError) or not _is_write_failure(e):
+            raise
+        raise OutputError(f"cannot write {str(path)!r}: {_reason(e)}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def path_problem(path: str | Path, missing: str = "does not exist") -> str:
+    """Why ``path`` cannot be opened, for an error message: ``"is a symlink loop"`` (``ELOOP``: a link that
+    points back to itself, directly or through other links, also in a parent), ``"is a broken symbolic link
+    (to ...)"``, ``"is under a file, not a folder"``, or ``missing``."""
+    p = Path(path)
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop (a link that points back to itself)"
+        if e.errno == errno.ENOTDIR:
+            return "is under a file, not a folder"
+        if os.path.islink(p):
+            try:
+                return f"is a broken symbolic link (to {os.readlink(p)!r})"
+            except OSError:
+                pass
+    return missing
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -144,7 +194,7 @@ def check_complete(run_dir: str | Path, verify: bool = False) -> None:
     """
     d = Path(run_dir)
     if not d.is_dir():
-        raise IncompleteRunError(f"{str(d)!r} is not a run folder")
+        raise IncompleteRunError(f"{str(d)!r} {path_problem(d, 'is not a run folder')}")
     mark = d / COMPLETE_MARK
     if not mark.is_file():
         hint = "; fedleak run --resume continues it" if (d / "checkpoint.pt").is_file() else ""

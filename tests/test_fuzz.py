@@ -316,3 +316,89 @@ def test_recursive_and_exponential_yaml_anchors_are_refused(tmp_path):
         deep = f"[{deep}]"
     with pytest.raises(ConfigError, match="nested more than"):
         load_config(base={}, overrides=[f"model.options={{a: {deep}}}"])
+
+
+# ------------------------------------------- issue 16: deep nesting, huge numbers, duplicate keys, obfuscation
+#: the issue-16 generators make big inputs (5000-deep YAML): fewer examples keep the file CI-sized (a few s)
+FUZZ16 = settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=max(1, N // 5))
+
+
+def _nest(depth: int, kind: str, leaf: str = "1") -> str:
+    """``depth`` levels of YAML: flow ``[[[1]]]``, ``{a: {a: 1}}``, alternating, or block ``- - - 1``."""
+    if kind == "-":
+        return "- " * depth + leaf
+    s = leaf
+    for i in range(depth):
+        k = kind if kind != "mixed" else "[{"[i % 2]
+        s = f"[{s}]" if k == "[" else f"{{a: {s}}}"
+    return s
+
+
+deep_values = st.builds(_nest, st.sampled_from([1, 49, 51, 200, 999, 1001, 5000]) | st.integers(0, 6000),
+                        st.sampled_from(["[", "{", "mixed", "-"]))
+huge_numbers = st.builds(lambda sign, n, tail: sign + "9" * n + tail, st.sampled_from(["", "-", "+"]),
+                         st.sampled_from([300, 401, 4300, 4301, 5000]) | st.integers(1, 6000),
+                         st.sampled_from(["", ".5", "e5", "e-3", ".0e400"]))
+#: values 16/4 are valid, everything else makes the step malformed or wrong
+OBF_TOKENS = ["qsgd", "gaussian", "topk", "clip", "ldp", "sign", "none", "nope", "(", ")", ",", "=", "->", "→",
+              "levels", "sigma", "sparsity", "max_norm", "16", "4", "1e-3", "0.5", "-1", "'", '"', "[", "]", "{",
+              "}", " ", "x", "1e999", "levels=8", "sigma=0.01"]
+obf_strings = st.lists(st.sampled_from(OBF_TOKENS), max_size=12).map("".join)
+
+
+def _fedleak_error_only(fn):
+    """``fn()`` returns, or raises a FedleakError with a one-line message; nothing else (no RecursionError,
+    ValueError, TypeError) escapes."""
+    try:
+        return fn()
+    except FedleakError as e:
+        _one_line(e)
+        return None
+
+
+@FUZZ16
+@given(st.sampled_from(["seed", "data", "model.options", "attack", "obfuscation", "protocol.lr"]),
+       deep_values | huge_numbers)
+def test_fuzz_deep_nesting_and_huge_numbers(key, value):
+    """Through a config file, a ``--set`` value and a sweep file (the three YAML entry points)."""
+    from fedleak.experiment.sweep import load_sweep
+
+    _fedleak_error_only(lambda: load_config(base={}, overrides=[f"{key}={value}"]))
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        top, _, rest = key.partition(".")
+        text = f"{top}:\n  {rest}: {value}\n" if rest else f"{top}: {value}\n"
+        (Path(d) / "c.yaml").write_text(text)
+        _fedleak_error_only(lambda: load_config(Path(d) / "c.yaml"))
+        (Path(d) / "s.yaml").write_text(f"set: ['{key}={value}']\ngrid:\n  {key}: [{value}]\n")
+        _fedleak_error_only(lambda: load_sweep(Path(d) / "s.yaml"))
+
+
+@FUZZ16
+@given(st.lists(st.sampled_from(["seed", "data", "model", "threads", "size", "name", "lr", "1", "true", "null"]),
+                min_size=1, max_size=6), st.integers(0, 5), st.booleans())
+def test_fuzz_duplicate_keys_are_refused(keys, dup, nested):
+    """A mapping with a key given twice (top level or nested) is refused, never silently takes the last value."""
+    keys = keys + [keys[dup % len(keys)]]  # at least one duplicate
+    body = "".join(f"{'  ' if nested else ''}{k}: 1\n" for k in keys)
+    text = ("data:\n" + body) if nested else body
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        p = Path(d) / "c.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match="given twice") as e:
+            load_config(p)
+        _one_line(e.value)
+
+
+@FUZZ16
+@given(obf_strings)
+def test_fuzz_malformed_obfuscation_strings(text):
+    """The obfuscation parser (directly, and as a ``--set`` value through the config) returns steps or raises a
+    one-line ConfigError; what it accepts has balanced brackets and no argument given twice."""
+    from fedleak.config.schema import parse_pipeline
+
+    steps = _fedleak_error_only(lambda: parse_pipeline(text))
+    if steps is not None:
+        assert text.count("(") == text.count(")") or "'" in text or '"' in text
+        for s in steps:
+            assert isinstance(s, dict) and isinstance(s.get("name"), str)
+    _fedleak_error_only(lambda: load_config(base={}, overrides=[f"obfuscation={text}"]))

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fedleak.errors import DataError
+from fedleak.io import path_problem
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -198,7 +199,7 @@ def folder_listing(path: str | Path, size: int, mode: str = "crop", labels: str 
     ``labels="none"`` only, a flat folder of image files (sorted by name)."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"image folder {str(root)!r} does not exist")
+        raise DataError(f"image folder {str(root)!r} {path_problem(root)}")
     if not root.is_dir():
         raise DataError(f"{str(root)!r} is not a folder")
     items, tree = _folder_items(root, labels)
@@ -208,7 +209,7 @@ def folder_listing(path: str | Path, size: int, mode: str = "crop", labels: str 
     def read(i: int) -> Item:
         f, label = items[i]
         if not f.is_file():
-            raise DataError(f"listed image {str(f)!r} does not exist")
+            raise DataError(f"listed image {str(f)!r} {path_problem(f)}")
         return load_image(f, size, mode), label, f.name
 
     return Listing(repr(str(root)), len(items), read, [lab for _, lab in items] if tree else None)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fedleak.errors import DataError
-from fedleak.io import sha256_file, torch_load_safely
+from fedleak.io import path_problem, sha256_file, torch_load_safely
 
 #: suffixes read as safetensors; anything else is read as a ``torch.save`` file
 SAFETENSORS_SUFFIXES = (".safetensors", ".st")
@@ -22,7 +22,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file (safetensors, or a ``torch.save`` of a ``state_dict``)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"weights file {str(p)!r} not found")
+        raise DataError(f"weights file {str(p)!r} {path_problem(p, 'not found')}")
     if p.suffix.lower() in SAFETENSORS_SUFFIXES:
         return _read_safetensors(p)
     state = torch_load_safely(p, f"weights file {str(p)!r}", DataError)

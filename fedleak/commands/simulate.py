@@ -10,6 +10,8 @@ def add_parser(sub):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.size=64 (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: OUTPUT_DIR/simulate-...)")
+    p.add_argument("--force", action="store_true",
+                   help="start even if the estimated peak memory exceeds the available memory")
     return p
 
 
@@ -18,28 +20,36 @@ def main(args) -> int:
 
     from fedleak.experiment.case import Case
     from fedleak.config.schema import load_config
-    from fedleak.io import mark_complete, new_run_dir, write_json, write_text
+    from fedleak.experiment.claim import claim_run_dir, release
+    from fedleak.experiment.resources import check as check_memory
+    from fedleak.io import COMPLETE_MARK, mark_complete, new_run_dir, write_json, write_text
 
     cfg = load_config(args.config, args.overrides)
+    check_memory(cfg, force=args.force, stage="simulate")  # before anything is computed or written
+    out = claim_run_dir(Path(args.out) if args.out else
+                        new_run_dir(cfg.output.dir, f"simulate-{cfg.model.name}-{cfg.protocol.name}"), COMPLETE_MARK)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    case = Case(cfg)
-    update = case.client_update()
-    out = Path(args.out) if args.out else new_run_dir(cfg.output.dir, f"simulate-{cfg.model.name}-{cfg.protocol.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
+    try:
+        case = Case(cfg)
+        update = case.client_update()
+        import yaml
 
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    from fedleak.experiment.capture import server_record
+        write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        from fedleak.experiment.capture import server_record
 
-    update.save(out / "update.safetensors", server=server_record(case))  # as sent: sparse/quantised compactly
-    write_json(out / "stats.json", {"seed": cfg.seed, "obfuscation": update.obfuscation, **update.stats})
-    mark_complete(out)
+        update.save(out / "update.safetensors", server=server_record(case))  # as sent: sparse/quantised compactly
+        write_json(out / "stats.json", {"seed": cfg.seed, "obfuscation": update.obfuscation, **update.stats})
+        mark_complete(out)  # last: a folder without COMPLETE is not a result
+    finally:
+        release(out)
     s = update.stats
     line = (f"update: {s['num_parameters']:,} parameters, norm {s['sent_norm']:.4g} (raw {s['raw_norm']:.4g}), "
             f"{s['bits_per_parameter']:.3g} bits/param, nonzero {100 * s['nonzero_fraction']:.1f}%")
     if "privacy" in s:
-        line += f", epsilon {s['privacy']['epsilon']:.4g} (delta {s['privacy']['delta']:g})"
+        from fedleak.metrics.privacy_words import describe
+
+        line += f", epsilon {describe(s['privacy']['epsilon'], s['privacy'].get('mechanism'))} (delta {s['privacy']['delta']:g})"
     print(line)
     size = (out / "update.safetensors").stat().st_size
     print(f"update.safetensors: {size:,} bytes as sent (dense float32: {4 * s['num_parameters']:,}); "

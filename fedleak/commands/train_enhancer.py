@@ -32,6 +32,8 @@ def add_parser(sub):
     p.add_argument("--patch", type=int, default=64, help="training patch size, a multiple of 16 (default 64)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="start even if the estimated peak memory exceeds the available memory")
     return p
 
 
@@ -43,11 +45,21 @@ def main(args) -> int:
     from fedleak.enhance.train import TrainConfig, train
     from fedleak.errors import ConfigError
     from fedleak.experiment.enhancer_pairs import DEFAULT_PAIR_PLAN, make_pairs
+    from fedleak.experiment.resources import enhancer_estimate, guard
 
     torch.set_num_threads(max(1, args.threads))
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    arch = dict(DEFAULT_ARCH)
+    if args.width:
+        arch["width"] = args.width
+    if args.patch < 16 or args.patch % 16 or args.patch > 128:
+        raise ConfigError(f"--patch must be a multiple of 16 between 16 and 128, got {args.patch}")
+    if args.pool < 1:
+        raise ConfigError(f"--pool must be >= 1, got {args.pool}")
+    guard(enhancer_estimate(args.data, arch, args.batch, args.patch, args.pool, TrainConfig.size), force=args.force,
+          hint="reduce --batch, --patch, --pool or the training photos", what="this training")
     pairs = None
     if args.pairs:
         from pathlib import Path
@@ -63,13 +75,6 @@ def main(args) -> int:
         pairs = load_pairs(args.pairs)
         if n is not None:
             pairs["batches"] = pairs["batches"][:n]
-    arch = dict(DEFAULT_ARCH)
-    if args.width:
-        arch["width"] = args.width
-    if args.patch < 16 or args.patch % 16 or args.patch > 128:
-        raise ConfigError(f"--patch must be a multiple of 16 between 16 and 128, got {args.patch}")
-    if args.pool < 1:
-        raise ConfigError(f"--pool must be >= 1, got {args.pool}")
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, arch=arch, pool=args.pool,
                       patch=args.patch)
     info = train(args.data, args.out, cfg, pairs=pairs, pairs_path=args.pairs, progress=not args.quiet, log=log)

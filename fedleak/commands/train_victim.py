@@ -24,6 +24,8 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--out", default="victims", help="output folder (default victims/)")
+    p.add_argument("--force", action="store_true",
+                   help="start even if the estimated peak memory exceeds the available memory")
     return p
 
 
@@ -32,6 +34,7 @@ def main(args) -> int:
 
     import torch
 
+    from fedleak.experiment.resources import guard, victim_estimate
     from fedleak.experiment.victims import VictimPlan, train_victim
 
     if args.threads:
@@ -39,6 +42,8 @@ def main(args) -> int:
     snaps = _epochs(args.snapshots) if args.snapshots else sorted({0, min(1, args.epochs), args.epochs})
     plan = VictimPlan(model=args.model, data=args.data, size=args.size, epochs=args.epochs, snapshots=snaps,
                       lr=args.lr, batch_size=args.batch_size, seed=args.seed, width=args.width)
+    guard(victim_estimate(plan.validate()), force=args.force, hint="reduce --batch-size, --size or --width",
+          what="this training")  # before anything is trained or written
     card = train_victim(plan, args.out, command="fedleak " + " ".join(sys.argv[1:]))
     last = card["snapshots"][-1]
     print(f"{plan.model} on {plan.data}{plan.size}: {len(card['snapshots'])} snapshot(s) in {args.out}, "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -235,10 +237,14 @@ def parse_value(text: str) -> Any:
             raise ConfigError(f"--set: number {t[:20]}... has more than 400 digits")
         return float(t) if any(c in t for c in ".eE") else int(t)
     try:
-        return yaml.safe_load(text)
+        return _safe_load_unique(text)
     except yaml.YAMLError:
         return text
+    except ConfigError as e:
+        raise ConfigError(f"--set: {str(e).removeprefix('config: ')}") from None
     except (RecursionError, ValueError) as e:
+        if "integer string conversion" in str(e):
+            raise ConfigError(f"--set: an integer has more than {sys.get_int_max_str_digits()} digits") from None
         raise ConfigError(f"--set: value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
 
 
@@ -286,17 +292,42 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
     seen = set()
     for k, _ in node.value:
         key = loader.construct_object(k, deep=deep)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if isinstance(key, (str, int, float, bool, type(None))) and key in seen:  # scalar keys (null too)
             raise ConfigError(f"config: key {key!r} is given twice (line {k.start_mark.line + 1})")
-        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        seen.add(key) if isinstance(key, (str, int, float, bool, type(None))) else None
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# YAML 1.2 floats that the YAML 1.1 resolver reads as strings: an exponent without a dot or without a sign (1e-3, 1e3)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of flow brackets (``[`` ``{``) outside quotes: a cheap look before parsing, because
+    PyYAML recurses once per level (5000 levels: a RecursionError after seconds)."""
+    depth = top = 0
+    quote = None
+    for c in text:
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif c in "]}":
+            depth -= 1
+    return top
 
 
 def _safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys (the loader is a SafeLoader: no Python tags)."""
+    """``yaml.safe_load`` that refuses duplicate keys (the loader is a SafeLoader: no Python tags) and flow
+    values nested more than ``2 * MAX_DEPTH`` brackets deep (before parsing them)."""
+    if _flow_depth(text) > 2 * MAX_DEPTH:
+        raise ConfigError(f"config: a value is nested more than {2 * MAX_DEPTH} levels deep")
     loader = _UniqueKeyLoader(text)
     try:
         return loader.get_single_data()
@@ -304,29 +335,39 @@ def _safe_load_unique(text: str) -> Any:
         loader.dispose()
 
 
-def load_raw(path: str | Path | None) -> dict:
+def load_raw(path: str | Path | None, what: str = "config") -> dict:
+    """The mapping in the YAML file ``path`` (``{}`` for None), through the safe loader that refuses duplicate
+    keys; every problem (missing file, symlink loop, bad YAML, too deep, an integer too long) is one line
+    naming ``what`` and the file."""
     if path is None:
         return {}
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
+        from fedleak.io import path_problem
+
+        raise ConfigError(f"{what} file {str(p)!r} {path_problem(p, 'not found')}")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {str(p)!r}: {e}") from e
+        raise ConfigError(f"cannot read {what} {str(p)!r}: {e}") from None
     try:
         raw = _safe_load_unique(text)
     except RecursionError:
-        raise ConfigError(f"config {str(p)!r} is nested too deeply") from None
+        raise ConfigError(f"{what} {str(p)!r} is nested too deeply") from None
+    except ConfigError as e:  # a key given twice, flow values nested too deeply
+        raise ConfigError(f"{what} {str(p)!r}: {str(e).removeprefix('config: ')}") from None
     except ValueError as e:
-        raise ConfigError(f"config {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
+        if "integer string conversion" in str(e):
+            raise ConfigError(f"{what} {str(p)!r}: an integer has more than {sys.get_int_max_str_digits()} "
+                              "digits") from None
+        raise ConfigError(f"{what} {str(p)!r}: {str(e).splitlines()[0][:120]}") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
-        raise ConfigError(f"config {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {' '.join(first[:3])}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {str(p)!r} must be a mapping at top level, got {type(raw).__name__}")
+        raise ConfigError(f"{what} {str(p)!r} must be a mapping at top level, got {type(raw).__name__}")
     return raw
 
 
@@ -435,9 +476,43 @@ def _check_names(cfg: RunConfig) -> None:
 
     if not cfg.model.name.startswith("import:"):
         MODELS.resolve(cfg.model.name)
+    else:
+        _check_import_model(cfg)
     if cfg.model.activation.lower().replace("_", "-") not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {cfg.model.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
-    build_pipeline(cfg.obfuscation)
+    _check_dp_budgets(cfg, build_pipeline(cfg.obfuscation))
+
+
+def _check_dp_budgets(cfg: RunConfig, pipeline) -> None:
+    """Calibrate a ``dpsgd`` step given an ``epsilon`` for the round this config describes (the client's batch,
+    its local steps), so that an unreachable budget is refused at ``--check`` and before the run, not after it
+    has started (``ldp`` calibrates when it is built)."""
+    from fedleak.client.obfuscations import ObfContext
+    from fedleak.client.obfuscations.dp import DPSGD
+
+    steps = [s for s in pipeline.steps if isinstance(s, DPSGD) and s.noise_multiplier is None]
+    if not steps:
+        return
+    p, n = cfg.protocol, cfg.data.batch_size
+    ctx = ObfContext(generator=None, batch_size=n if p.name == "fedsgd" else (p.local_batch_size or n),
+                     num_examples=n, local_steps=1 if p.name == "fedsgd" else p.local_steps * p.epochs)
+    for step in steps:
+        try:
+            step.effective_noise_multiplier(ctx)
+        except ConfigError as e:
+            raise ConfigError(f"obfuscation: {e}") from None
+
+
+def _check_import_model(cfg: RunConfig) -> None:
+    """Build an ``import:`` model on PyTorch's meta device (no memory, no compute) before any work, so that a name
+    that is not an ``nn.Module`` subclass, or a factory that does not return one, is refused at ``--check`` and
+    before a run starts. Importing the module runs its code (docs/robustness.md: only name trusted modules)."""
+    import torch
+
+    from fedleak.client.models import build_model, model_kwargs
+
+    with torch.device("meta"):
+        build_model(cfg.model.name, **model_kwargs(cfg.model, cfg.data.size))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:

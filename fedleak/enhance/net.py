@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedleak.errors import ConfigError, DataError
+from fedleak.io import path_problem
 
 ARCH_NAME = "fedleak-rog-enhancer"
 ARCH_VERSION = 1
@@ -138,7 +139,7 @@ def load(path: str | Path) -> tuple[EnhancerNet, dict]:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"enhancer weights {str(p)!r} not found")
+        raise ConfigError(f"enhancer weights {str(p)!r} {path_problem(p, 'not found')}")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}

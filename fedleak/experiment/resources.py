@@ -12,7 +12,13 @@ front, with the estimate and the limit, costs nothing. The estimate is deliberat
 * ``attack``: the attacker's double-backward graph, ``C_ACT`` x activations per image x images per local
   step x local steps (FedAvg is unrolled: every step's graph is kept), plus the step gradients of the small
   (dense) parameters kept for every unrolled step;
-* plus the process as it is now (resident set) and a fixed slack for image decoding, metrics and plots.
+* ``image decoding``: ``C_DECODE`` bytes per pixel of the largest image file the run decodes, its size read
+  from the file's header without decoding it;
+* plus the process as it is now (resident set) and a fixed slack for metrics, plots and the allocator.
+
+The same guard covers ``fedleak simulate`` (no attack part), every sweep cell (each is a ``run``) and the two
+training commands (:func:`training_estimate`: parameters, gradients, Adam moments, one training batch, the
+training data and the decoding of the largest photo).
 
 The coefficients were calibrated against the measured peak RSS of small runs (``docs/robustness.md``, table
 "memory guard calibration"); the estimate was above the measurement for all of them.
@@ -46,6 +52,10 @@ C_CLIENT = 2.0
 #: calibration config (lenet 64, FedAvg tau=2) peaked at 1.27 GB against 0.79 GB when run alone (cause not yet
 #: identified), which 256 MiB did not cover
 SLACK = 512 << 20
+#: bytes per pixel while one image is decoded, converted to float32 RGB and resized (Pillow's decoded image, the
+#: float32 array and the resize temporaries): measured 40 B/px for an RGB PNG and 46 B/px for a 16-bit grey PNG
+#: (16 Mpx, ``ru_maxrss`` of a fresh process; docs/robustness.md), with a margin
+C_DECODE = 56.0
 #: refuse when the estimate exceeds this fraction of the available memory
 HEADROOM = 0.9
 
@@ -153,21 +163,14 @@ def available_bytes() -> tuple[Optional[int], str]:
     return avail, src
 
 
-def model_profile(cfg) -> dict:
-    """Parameter count, big-linear parameter count and activations per image, from a ``meta``-device model."""
+def _profile(build, image_size: int, threshold: int) -> dict:
+    """Parameter count, big-linear parameter count, largest tensor and activations per image of the model
+    ``build()`` makes, built and run on PyTorch's ``meta`` device (no memory, no compute)."""
     import torch
     from torch import nn
 
-    from fedleak.attacks.engine import EngineConfig
-    from fedleak.client.models import build_model
-
-    kw = dict(num_classes=cfg.model.num_classes, image_size=cfg.data.size, width=cfg.model.width,
-              activation=cfg.model.activation, seed=0, **cfg.model.options)
-    threshold = cfg.attack.get("big_threshold", EngineConfig.model_fields["big_threshold"].default)
-    if not isinstance(threshold, int):
-        threshold = EngineConfig.model_fields["big_threshold"].default
     with torch.device("meta"):
-        model = build_model(cfg.model.name, **kw)
+        model = build()
     params = sum(p.numel() for p in model.parameters())
     largest = max((p.numel() for p in model.parameters()), default=0)
     big = sum(m.weight.numel() for m in model.modules()
@@ -182,11 +185,68 @@ def model_profile(cfg) -> dict:
     hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(torch.empty(1, 3, cfg.data.size, cfg.data.size, device="meta"))
+            model(torch.empty(1, 3, image_size, image_size, device="meta"))
     finally:
         for h in hooks:
             h.remove()
     return {"params": params, "big_params": big, "largest": largest, "acts_per_image": acts[0]}
+
+
+def model_profile(cfg) -> dict:
+    """:func:`_profile` of the config's model (``model:`` section at ``data.size``)."""
+    from fedleak.attacks.engine import EngineConfig
+    from fedleak.client.models import build_model
+
+    kw = dict(num_classes=cfg.model.num_classes, image_size=cfg.data.size, width=cfg.model.width,
+              activation=cfg.model.activation, seed=0, **cfg.model.options)
+    threshold = cfg.attack.get("big_threshold", EngineConfig.model_fields["big_threshold"].default)
+    if not isinstance(threshold, int):
+        threshold = EngineConfig.model_fields["big_threshold"].default
+    return _profile(lambda: build_model(cfg.model.name, **kw), cfg.data.size, threshold)
+
+
+def image_pixels(paths) -> list[int]:
+    """Pixel counts of image files, read from their headers (Pillow's ``Image.open`` does not decode); a file
+    that cannot be opened, or that the loader would refuse as a decompression bomb, counts 0 (the loader
+    reports it)."""
+    import warnings
+
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(p) as im:
+                    w, h = im.size
+            out.append(int(w) * int(h))
+        except Exception:  # unreadable, a bomb, not an image: the loader gives the one-line error
+            out.append(0)
+    return out
+
+
+def data_files(data) -> list[Path]:
+    """The image files a ``data:`` section will decode (``start`` .. ``start + batch_size``), without decoding
+    them; none for the pip-installed public sets (already small arrays) and for a folder that is not there
+    (the loader reports that)."""
+    from fedleak.client.data import BUILTIN_PHOTOS, _list_folder, builtin_dir
+    from fedleak.client.public_data import DATASETS
+
+    stop = data.start + data.batch_size
+    if data.source in DATASETS:
+        return []
+    if data.source == "builtin":
+        return [builtin_dir() / f for f, _ in BUILTIN_PHOTOS[data.start:stop]]
+    root = Path(data.source).expanduser()
+    if not root.is_dir():
+        return []
+    return [f for f, _ in _list_folder(root)[data.start:stop]]
+
+
+def decode_bytes(pixels: list[int]) -> int:
+    """Transient memory of decoding the largest of these images (they are decoded one at a time)."""
+    return int(C_DECODE * max(pixels, default=0))
 
 
 def _load_run_libraries() -> None:
@@ -202,8 +262,9 @@ def _load_run_libraries() -> None:
             pass
 
 
-def estimate(cfg) -> Estimate:
-    """Rough peak memory of ``fedleak run`` for a validated :class:`~fedleak.config.RunConfig`."""
+def estimate(cfg, stage: str = "run") -> Estimate:
+    """Rough peak memory of ``fedleak run`` (``stage="run"``) or of ``fedleak simulate`` (``"simulate"``: the
+    client side only, no attack) for a validated :class:`~fedleak.config.RunConfig`."""
     prof = model_profile(cfg)
     P, Pbig, A = prof["params"], prof["big_params"], prof["acts_per_image"]
     B = cfg.data.batch_size
@@ -217,47 +278,107 @@ def estimate(cfg) -> Estimate:
     ab = 8 if dtype == "float64" else 4
     restarts = cfg.attack.get("restarts", 1)
     restarts = restarts if isinstance(restarts, int) and restarts > 0 else 1
+    pixels = image_pixels(data_files(cfg.data))
     parts = {
         "model": int(C_PARAMS * P * 4 + (P * (ab - 4) * 2)  # float64 attack: model + target copies double
                      + C_LARGEST * prof["largest"]),
         "client": int(C_CLIENT * A * per_step * 4),
         "attack": int(C_ACT * A * per_step * steps * ab + C_STEP * (P - Pbig) * steps * ab
                       + 4 * B * 3 * cfg.data.size ** 2 * ab * (2 + restarts)),  # latents, Adam moments, best images
+        "image decoding": decode_bytes(pixels),
         "slack": SLACK,
     }
+    if stage == "simulate":
+        del parts["attack"]
+    details = {"params": P, "big_linear_params": Pbig, "activations_per_image": A, "images_per_step": per_step,
+               "local_steps": steps, "largest_image_pixels": max(pixels, default=0)}
+    return _with_process(parts, details)
+
+
+def _with_process(parts: dict, details: dict) -> Estimate:
     added = sum(parts.values())
     _load_run_libraries()  # so that "process now" includes the libraries every run loads
     now = current_rss()
-    parts = {"process now": now, **parts}
-    return Estimate(total=now + added, added=added, parts=parts,
-                    details={"params": P, "big_linear_params": Pbig, "activations_per_image": A,
-                             "images_per_step": per_step, "local_steps": steps})
+    return Estimate(total=now + added, added=added, parts={"process now": now, **parts}, details=details)
 
 
-def check(cfg, force: bool = False, available: Optional[int] = None, log=None) -> Optional[Estimate]:
-    """Estimate the run's memory and raise :class:`ResourceError` (one line: estimate and limit) when it does
-    not fit in ``HEADROOM`` x the available memory, unless ``force``. Returns the estimate (None when the model
-    cannot be profiled, e.g. an ``import:`` model that does not build on the meta device)."""
+def training_estimate(build, image_size: int, batch: int, data_bytes: int, pixels: list[int],
+                      eval_batch: int = 0) -> Estimate:
+    """Peak memory of training the model ``build()`` makes with Adam (``train-victim``, ``train-enhancer``):
+    parameters, gradients and two Adam moments; one forward/backward over ``batch`` images of ``image_size``
+    (plus a no-grad evaluation batch); the training data held in memory (``data_bytes``); decoding the largest
+    image file (``pixels``: their pixel counts)."""
     try:
-        est = estimate(cfg)
+        prof = _profile(build, image_size, 1 << 62)
     except FedleakError:
         raise
-    except Exception as e:  # a custom model that cannot be built on the meta device: no estimate, no refusal
-        if log:
-            log(f"memory estimate unavailable ({type(e).__name__}: {e}); not checked")
-        return None
+    except Exception:  # a shape the model cannot take: the command reports it; estimate the rest
+        prof = {"params": 0, "big_params": 0, "largest": 0, "acts_per_image": 0}
+    parts = {"model": int(4 * prof["params"] * 4),
+             "training": int(C_CLIENT * prof["acts_per_image"] * batch * 4 + prof["acts_per_image"] * eval_batch * 4),
+             "data": int(data_bytes), "image decoding": decode_bytes(pixels), "slack": SLACK}
+    return _with_process(parts, {**prof, "largest_image_pixels": max(pixels, default=0)})
+
+
+def guard(est: Estimate, force: bool = False, available: Optional[int] = None, log=None,
+          hint: str = "reduce data.batch_size, data.size or protocol.local_steps", what: str = "this run"
+          ) -> Estimate:
+    """Raise :class:`ResourceError` (one line: the estimate, its parts and the limit) when ``est`` does not fit
+    in ``HEADROOM`` x the available memory, unless ``force`` (then it is logged)."""
     src = "given"
     if available is None:
         available, src = available_bytes()
     if log:
         log(f"memory estimate {est.describe()}; available {gib(available) if available else '?'} ({src})")
     if available is not None and est.added > HEADROOM * available:
-        msg = (f"this run needs an estimated {gib(est.total)} of memory ({gib(est.added)} more than now: "
+        msg = (f"{what} needs an estimated {gib(est.total)} of memory ({gib(est.added)} more than now: "
                + ", ".join(f"{k} {gib(v)}" for k, v in est.parts.items() if k != "process now")
-               + f") but only {gib(available)} is available ({src}); reduce data.batch_size, data.size or "
-               f"protocol.local_steps, or pass --force to try anyway")
+               + f") but only {gib(available)} is available ({src}); {hint}, or pass --force to try anyway")
         if not force:
             raise ResourceError(msg)
         if log:
             log("memory guard overridden (--force): " + msg)
     return est
+
+
+def check(cfg, force: bool = False, available: Optional[int] = None, log=None, stage: str = "run"
+          ) -> Optional[Estimate]:
+    """Estimate the run's memory (:func:`estimate`) and :func:`guard` it. Returns the estimate (None when the
+    model cannot be profiled, e.g. an ``import:`` model that does not run on the meta device)."""
+    available_bytes()  # a bad FEDLEAK_MEMORY_LIMIT is refused even when no estimate can be made
+    try:
+        est = estimate(cfg, stage)
+    except FedleakError:
+        raise
+    except Exception as e:  # a custom model that cannot run on the meta device: no estimate, no refusal
+        if log:
+            log(f"memory estimate unavailable ({type(e).__name__}: {e}); not checked")
+        return None
+    hint = ("reduce data.batch_size or data.size" if stage == "simulate"
+            else "reduce data.batch_size, data.size or protocol.local_steps")
+    return guard(est, force=force, available=available, log=log, hint=hint)
+
+
+def victim_estimate(plan) -> Estimate:
+    """:func:`training_estimate` of ``fedleak train-victim`` for a validated
+    :class:`~fedleak.experiment.victims.VictimPlan`: the whole public data set is held as float32 images of
+    ``plan.size`` (train and test split, plus the resize temporaries), accuracy runs in batches of 256."""
+    from fedleak.client.models import build_model
+    from fedleak.client.public_data import load_public
+
+    small = load_public(plan.data, "all", 8)  # 8x8: only the count and the classes are needed
+    n, n_cls = int(small.labels.numel()), int(small.labels.max()) + 1
+    kwargs = dict(num_classes=n_cls, image_size=plan.size, width=plan.width, seed=plan.seed)
+    return training_estimate(lambda: build_model(plan.model, **kwargs), plan.size, plan.batch_size,
+                             data_bytes=3 * n * 3 * plan.size ** 2 * 4, pixels=[], eval_batch=256)
+
+
+def enhancer_estimate(data: str, arch: dict, batch: int, patch: int, pool: int, crop_size: int) -> Estimate:
+    """:func:`training_estimate` of ``fedleak train-enhancer``: every training photo is held decoded (float32
+    RGB), the clean-crop pool as uint8, and one batch of ``batch`` patches trains the network."""
+    from fedleak.enhance import net as EN
+    from fedleak.enhance.data import photo_paths
+
+    pixels = image_pixels(photo_paths(data))
+    return training_estimate(lambda: EN.build(arch), patch, batch,
+                             data_bytes=12 * sum(pixels) + pool * 3 * crop_size ** 2, pixels=pixels)

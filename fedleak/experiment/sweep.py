@@ -233,16 +233,11 @@ def load_sweep(source: str | Path | dict) -> Sweep:
     """Parse a sweep file (path) or a sweep mapping."""
     if isinstance(source, dict):
         return Sweep(source, "sweep")
+    from fedleak.config.schema import load_raw
+
     p = Path(source)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {str(p)!r} not found")
-    try:
-        spec = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep {str(p)!r} is not valid YAML: {' '.join(str(e).splitlines()[:3])}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read sweep {str(p)!r}: {e}") from None
-    return Sweep(spec if spec is not None else {}, f"sweep {p.name}", root=p.resolve().parent)
+    spec = load_raw(p, what="sweep")  # the config loader: duplicate keys, depth, huge integers, 1e-3 as a number
+    return Sweep(spec, f"sweep {p.name}", root=p.resolve().parent)
 
 
 # -------------------------------------------------------------------------------------- one cell

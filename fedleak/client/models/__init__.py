@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 
 import torch
 from torch import nn
@@ -79,6 +80,9 @@ def _import_model(path: str, **kwargs) -> nn.Module:
     if not hasattr(mod, attr):
         raise ConfigError(f"module {mod_name!r} has no attribute {attr!r}")
     factory = getattr(mod, attr)
+    if inspect.isfunction(factory) and str(factory.__module__).partition(".")[0] in sys.stdlib_module_names:
+        raise ConfigError(f"user model {path!r} is a standard-library function ({factory.__module__}."
+                          f"{factory.__qualname__}), not a model factory; name an nn.Module subclass or your factory")
     if not ((inspect.isclass(factory) and issubclass(factory, nn.Module)) or inspect.isfunction(factory)):
         raise ConfigError(f"user model {path!r} must name an nn.Module subclass or a Python factory function, "
                           f"got {type(factory).__name__}")
