@@ -119,12 +119,12 @@ def test_estimate_counts_image_decoding_from_headers_without_decoding(tmp_path, 
     _png_header_only(tmp_path / "big.png", 8000, 8000)
     _png_header_only(tmp_path / "small.png", 100, 100)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded an image"))
-    cfg = load_config(base={"data": {"source": str(tmp_path), "size": 16, "batch_size": 2}})
+    cfg = load_config(base={"data": {"source": str(tmp_path), "size": 16, "batch_size": 2, "labels": "none"}})
     est = R.estimate(cfg)
     assert est.details["largest_image_pixels"] == 64_000_000
     assert est.parts["image decoding"] == int(R.C_DECODE * 64_000_000)
     assert est.total > 2.9e9  # above the measured peak of the probe
-    only_small = load_config(base={"data": {"source": str(tmp_path), "size": 16, "batch_size": 1, "start": 1}})
+    only_small = load_config(base={"data": {"source": str(tmp_path), "size": 16, "batch_size": 1, "start": 1, "labels": "none"}})
     assert R.estimate(only_small).parts["image decoding"] == int(R.C_DECODE * 10_000)  # only what is loaded
     monkeypatch.setenv("FEDLEAK_MEMORY_LIMIT", "2G")
     with pytest.raises(R.ResourceError, match="image decoding 3.34 GiB"):

@@ -134,6 +134,8 @@ class Listing:
     read: Callable[[int], Item]
     #: class-folder trees: each item's class index (the sampling interleaves the classes); None otherwise
     groups: Optional[list[int]] = field(default=None)
+    #: file-backed sources: each item's image file (the memory guard reads their sizes without decoding)
+    files: Optional[list[Path]] = field(default=None)
 
 
 def _to_tensor(arr: np.ndarray, size: int, mode: str) -> torch.Tensor:
@@ -212,7 +214,8 @@ def folder_listing(path: str | Path, size: int, mode: str = "crop", labels: str 
             raise DataError(f"listed image {str(f)!r} {path_problem(f)}")
         return load_image(f, size, mode), label, f.name
 
-    return Listing(repr(str(root)), len(items), read, [lab for _, lab in items] if tree else None)
+    return Listing(repr(str(root)), len(items), read, [lab for _, lab in items] if tree else None,
+                   [f for f, _ in items])
 
 
 # ------------------------------------------------------------------------------------------ .npz arrays
@@ -401,7 +404,7 @@ def builtin_listing(size: int, mode: str = "crop") -> Listing:
         name, label = BUILTIN_PHOTOS[i]
         return load_image(root / name, size, mode), label, name
 
-    return Listing("the builtin set", len(BUILTIN_PHOTOS), read)
+    return Listing("the builtin set", len(BUILTIN_PHOTOS), read, files=[root / name for name, _ in BUILTIN_PHOTOS])
 
 
 def set_listing(images: ImageSet, where: str) -> Listing:

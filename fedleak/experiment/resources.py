@@ -230,18 +230,19 @@ def data_files(data) -> list[Path]:
     """The image files a ``data:`` section will decode (``start`` .. ``start + batch_size``), without decoding
     them; none for the pip-installed public sets (already small arrays) and for a folder that is not there
     (the loader reports that)."""
-    from fedleak.client.data import BUILTIN_PHOTOS, _list_folder, builtin_dir
+    from fedleak.client.data import sample_order, source_listing
     from fedleak.client.public_data import DATASETS
 
-    stop = data.start + data.batch_size
-    if data.source in DATASETS:
+    if data.source in DATASETS or not (data.source == "builtin" or Path(data.source).expanduser().is_dir()):
         return []
-    if data.source == "builtin":
-        return [builtin_dir() / f for f, _ in BUILTIN_PHOTOS[data.start:stop]]
-    root = Path(data.source).expanduser()
-    if not root.is_dir():
+    try:
+        listing = source_listing(data.source, data.size, data.resize, data.labels)
+    except FedleakError:  # e.g. a flat folder without labels: the loader gives the one-line error
         return []
-    return [f for f, _ in _list_folder(root)[data.start:stop]]
+    if listing.files is None:
+        return []
+    order = sample_order(listing, data.shuffle, data.seed)[data.start: data.start + data.batch_size]
+    return [listing.files[i] for i in order]
 
 
 def decode_bytes(pixels: list[int]) -> int:
