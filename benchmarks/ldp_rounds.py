@@ -5,7 +5,7 @@
 
 DATA_FOLDER defaults to ``../shared/data/imagenet-val-sample`` (evaluation only, nothing is trained). The images
 are split into batches of 8; for every batch, mechanism, noise multiplier z and round count R, one client
-(32x32, FedSGD, LeNet with 1000 classes, random init, labels shared) takes part in R rounds on the same batch
+(32x32, FedSGD, LeNet with 1000 classes, random init, labels shared) takes part in max(R) rounds on the same batch
 (``protocol.rounds = R``, fresh noise each round), the server plants the default ``malicious-imprint``
 structure and runs ``ldp-imprint`` on what it received.
 
@@ -65,32 +65,46 @@ def wilson(k: int, n: int, zq: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def run_point(batches, args, mech, z, R) -> dict:
-    """All batches at one (mechanism, z, R): counts of recovered images, mean SSIM, sigma estimates, epsilon."""
+def run_level(batches, args, mech, z) -> list[dict]:
+    """All batches at one (mechanism, z): one client run of max(R) rounds per batch; the server's record after
+    the first R rounds (``first_rounds``, equal to an R-round run: the rounds share one noise stream) is attacked
+    for each R. Per R: images recovered (SSIM > 0.5), mean SSIM, sigma estimates, total epsilon, the bound."""
     from fedleak import metrics as M
     from fedleak.attacks import attack
+    from fedleak.client.privacy import rounds_epsilon
+    from fedleak.client.rounds import first_rounds
     from fedleak.metrics.bounds import rounds_success_bound
 
-    hits = n = 0
-    ssims, sig1, sigR, eps, secs = [], [], [], None, 0.0
+    top = max(args.rounds)
+    acc = {R: {"hits": 0, "n": 0, "ssim": [], "sig1": [], "sigR": []} for R in args.rounds}
+    secs = 0.0
     for images in batches:
         t0 = time.perf_counter()
-        case = make_case(images, args.data, args.size, obfuscation(mech, z), R, args.seed)
+        case = make_case(images, args.data, args.size, obfuscation(mech, z), top, args.seed)
         up = case.client_update()
-        rec = attack("ldp-imprint", case.server_view(), up)
+        assert up.stats["privacy"]["epsilon"] == rounds_epsilon(z, top, 1e-5)  # the accountant the rows quote
+        view = case.server_view()
         secs += time.perf_counter() - t0
-        per = M.evaluate(case.images, rec)["per_image"]["ssim"]
-        hits += sum(1 for s in per if s is not None and s > 0.5)
-        n += len(per)
-        ssims += [float(s) for s in per]
-        eps = up.stats["privacy"]["epsilon"]
-        sigR.append(rec.info["noise"]["sigma"])
-        sig1.append(rec.info["rounds"].get("sigma_per_round", {}).get("mean", rec.info["noise"]["sigma"]))
-    lo, hi = wilson(hits, n)
-    return {"mechanism": mech, "z": z, "rounds": R, "epsilon": eps, "images": n, "recovered": hits,
-            "success": hits / n, "ci95": [lo, hi], "mean_ssim": sum(ssims) / len(ssims),
-            "sigma_round": sum(sig1) / len(sig1), "sigma_combined": sum(sigR) / len(sigR),
-            "bound": {str(k): rounds_success_bound(z, R, k) for k in KAPPAS}, "seconds": round(secs, 1)}
+        for R in args.rounds:
+            sub = first_rounds(up, R) if top > 1 else up
+            rec = attack("ldp-imprint", view, sub)
+            per = M.evaluate(case.images, rec)["per_image"]["ssim"]
+            a = acc[R]
+            a["hits"] += sum(1 for s in per if s is not None and s > 0.5)
+            a["n"] += len(per)
+            a["ssim"] += [float(s) for s in per]
+            a["sigR"].append(rec.info["noise"]["sigma"])
+            a["sig1"].append(rec.info["rounds"].get("sigma_per_round", {}).get("mean", rec.info["noise"]["sigma"]))
+    rows = []
+    for R, a in acc.items():
+        lo, hi = wilson(a["hits"], a["n"])
+        rows.append({"mechanism": mech, "z": z, "rounds": R, "epsilon": rounds_epsilon(z, R, 1e-5),
+                     "images": a["n"], "recovered": a["hits"], "success": a["hits"] / a["n"], "ci95": [lo, hi],
+                     "mean_ssim": sum(a["ssim"]) / len(a["ssim"]), "sigma_round": sum(a["sig1"]) / len(a["sig1"]),
+                     "sigma_combined": sum(a["sigR"]) / len(a["sigR"]),
+                     "bound": {str(k): rounds_success_bound(z, R, k) for k in KAPPAS},
+                     "client_seconds_all_batches": round(secs, 1)})
+    return rows
 
 
 def run(args) -> dict:
@@ -111,11 +125,10 @@ def run(args) -> dict:
     t_all = time.perf_counter()
     for mech in args.mechanisms:
         for z in args.levels:
-            for R in args.rounds:
-                row = run_point(batches, args, mech, z, R)
+            for row in run_level(batches, args, mech, z):
                 results["rows"].append(row)
-                out.write_text(json.dumps(results, indent=1))  # checkpoint after every point
-                print(f"[{time.perf_counter() - t_all:6.0f}s] {mech} z={z:g} R={R} eps={row['epsilon']:.4g} "
+                out.write_text(json.dumps(results, indent=1))  # checkpoint after every level
+                print(f"[{time.perf_counter() - t_all:6.0f}s] {mech} z={z:g} R={row['rounds']} eps={row['epsilon']:.4g} "
                       f"success={row['success']:.3f} ssim={row['mean_ssim']:.3f} "
                       f"sigma {row['sigma_round']:.3g}->{row['sigma_combined']:.3g} bound={row['bound']}", flush=True)
     meta["total_seconds"] = round(time.perf_counter() - t_all, 1)
@@ -192,11 +205,114 @@ def plot(results, path: str) -> None:
     print(f"wrote {path}")
 
 
+# ------------------------------------------------------------------ part 4: FL training, accuracy cost
+def _fl_setup(args):
+    """Clients' data (disjoint slices of the digits train split), the server's public digits (the rest of the
+    train split: no client holds them) and the test split; the base LeNet (10 classes)."""
+    from fedleak.client.models import build_model
+    from fedleak.client.public_data import load_public
+
+    train, test = load_public("digits", "train", 32), load_public("digits", "test", 32)
+    perm = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(args.seed))
+    n = args.fl_clients * args.fl_client_size
+    own = perm[:n].reshape(args.fl_clients, args.fl_client_size)
+    clients = [(train.images[i], train.labels[i]) for i in own]
+    public = train.images[perm[n:n + 512]]
+    base = build_model("lenet", num_classes=10, image_size=32, seed=args.seed)
+    return clients, public, test, base
+
+
+def fl_train(args, planted: bool) -> dict:
+    """R rounds of FedSGD with LDP on: every client clips its gradient to C = 1 and adds N(0, (zC)^2); the server
+    averages and takes an Adam step (lr ``--fl-lr``) on the base model. ``planted``: the server sends the base
+    wrapped in the default malicious-imprint structure (planted once from public digits; it stays, only the base
+    is updated) to every client, and attacks client 0 every round (its round alone, and all its rounds so far)."""
+    from fedleak import metrics as M
+    from fedleak.attacks import attack
+    from fedleak.client.obfuscations import ObfContext, build_pipeline
+    from fedleak.client.protocols import buffer_dict, param_dict
+    from fedleak.client.rounds import RoundsUpdate, one_round
+    from fedleak.client.update import Update
+    from fedleak.experiment.victims import accuracy
+    from fedleak.server.imprint import MaliciousImprint
+    from fedleak.server.view import ServerView
+
+    clients, public, test, base = _fl_setup(args)
+    model, lay = MaliciousImprint().build(base, public, 10) if planted else (base, None)
+    prefix = "base." if planted else ""
+    pipe = build_pipeline([{"name": "ldp", "max_norm": 1.0, "noise_multiplier": args.fl_z}])
+    proto = argparse.Namespace(name="fedsgd")
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    opt = torch.optim.Adam(base.parameters(), lr=args.fl_lr)
+    log, records = [], []
+    for r in range(1, args.fl_rounds + 1):
+        params, buffers = param_dict(model), buffer_dict(model)
+        total, target = None, None
+        for c, (x, y) in enumerate(clients):
+            ctx = ObfContext(generator=gen, batch_size=len(y), num_examples=len(y))
+            _, sent, _ = one_round(model, params, buffers, x, y, pipe, ctx, proto)
+            total = sent if total is None else {k: total[k] + sent[k] for k in total}
+            target = sent if c == 0 else target
+        opt.zero_grad(set_to_none=True)
+        for name, p in base.named_parameters():
+            p.grad = (total[prefix + name] / len(clients)).to(p.dtype)
+        opt.step()
+        entry = {"round": r, "test_accuracy": accuracy(base, test.images, test.labels)}
+        if planted:
+            x0 = clients[0][0]
+            view = ServerView(model_name="lenet", model_kwargs={}, global_state={k: v.detach().clone() for k, v in
+                              model.state_dict().items()}, image_size=32, channels=3, num_classes=10,
+                              batch_size=len(x0), extra={"imprint": lay})
+            records.append({k: target[k].clone() for k in (lay["weight"], lay["bias"])})
+            meta = dict(kind="gradient", batch_size=len(x0), num_examples=len(x0), labels=clients[0][1].clone())
+            single = Update(tensors=dict(target), **meta)
+            multi = RoundsUpdate(tensors=dict(target), rounds=list(records), participated=list(range(r)), **meta)
+            for key, up in (("this_round", single), ("rounds_so_far", multi)):
+                per = M.evaluate(x0, attack("ldp-imprint", view, up))["per_image"]["ssim"]
+                entry[key] = {"mean_ssim": float(sum(per) / len(per)), "recovered": sum(1 for s in per if s > 0.5),
+                              "images": len(per)}
+        log.append(entry)
+        print(f"  {'planted' if planted else 'honest '} round {r}: test accuracy {entry['test_accuracy']:.3f}"
+              + (f", attack this round {entry['this_round']}, rounds so far {entry['rounds_so_far']}" if planted
+                 else ""), flush=True)
+    return {"planted": planted, "rounds": log, "final_test_accuracy": log[-1]["test_accuracy"]}
+
+
+def fl_main(args) -> dict:
+    from fedleak.client.privacy import rounds_epsilon
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = {"meta": {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                    "machine": f"{platform.machine()}, {args.threads} thread(s), 2-core box shared with other jobs",
+                    "clients": args.fl_clients, "client_size": args.fl_client_size, "rounds": args.fl_rounds,
+                    "z": args.fl_z, "lr": args.fl_lr, "seed": args.seed,
+                    "epsilon_all_rounds": rounds_epsilon(args.fl_z, args.fl_rounds, 1e-5)},
+           "honest": fl_train(args, False), "planted": fl_train(args, True)}
+    res["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.fl_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.fl_json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def fl_table(res) -> str:
+    h, p = res["honest"]["rounds"], res["planted"]["rounds"]
+    lines = ["| round | test acc. honest | test acc. planted | attack this round: recovered / mean SSIM | "
+             "attack rounds 1..r: recovered / mean SSIM |", "|---|---|---|---|---|"]
+    for a, b in zip(h, p):
+        t, m = b["this_round"], b["rounds_so_far"]
+        lines.append(f"| {a['round']} | {a['test_accuracy']:.3f} | {b['test_accuracy']:.3f} | "
+                     f"{t['recovered']}/{t['images']} / {t['mean_ssim']:.3f} | "
+                     f"{m['recovered']}/{m['images']} / {m['mean_ssim']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA))
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--images", type=int, default=24, help="evaluation images, in batches of 8")
+    ap.add_argument("--images", type=int, default=16, help="evaluation images, in batches of 8")
     ap.add_argument("--levels", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1, 1.0])
     ap.add_argument("--rounds", type=int, nargs="+", default=[1, 10, 100])
     ap.add_argument("--mechanisms", nargs="+", default=["gaussian", "dpsgd"])
@@ -205,7 +321,19 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(REPO / "experiments" / "ldp_rounds.json"))
     ap.add_argument("--plot", default=str(REPO / "docs" / "ldp_rounds.png"))
     ap.add_argument("--report", default=None, help="only print the tables / plot of this JSON file")
+    ap.add_argument("--fl", action="store_true", help="part 4: FL training with and without the structure")
+    ap.add_argument("--fl-rounds", type=int, default=30)
+    ap.add_argument("--fl-clients", type=int, default=16)
+    ap.add_argument("--fl-client-size", type=int, default=16)
+    ap.add_argument("--fl-z", type=float, default=0.01)
+    ap.add_argument("--fl-lr", type=float, default=1e-3)
+    ap.add_argument("--fl-json", default=str(REPO / "experiments" / "ldp_rounds_fl.json"))
+    ap.add_argument("--fl-report", default=None, help="only print the FL table of this JSON file")
     args = ap.parse_args(argv)
+    if args.fl or args.fl_report:
+        res = json.loads(Path(args.fl_report).read_text()) if args.fl_report else fl_main(args)
+        print(fl_table(res))
+        return 0
     results = json.loads(Path(args.report).read_text()) if args.report else run(args)
     print(table(results))
     print()

@@ -11,7 +11,7 @@ import torch
 
 from fedleak.attacks import attack
 from fedleak.client.obfuscations import ObfContext
-from fedleak.client.rounds import RoundsUpdate, run_rounds
+from fedleak.client.rounds import RoundsUpdate, first_rounds, run_rounds
 from fedleak.errors import ConfigError, DataError
 from fedleak.metrics import bounds
 
@@ -58,6 +58,13 @@ def test_rounds_one_is_the_single_round_path_exactly(protocol):
     k = next(iter(many.rounds[0]))
     mean = sum(r[k].double() for r in many.rounds) / 3
     assert torch.allclose(many.tensors[k].double(), mean, atol=1e-7)
+    # the server's record after the first r rounds equals an r-round run (one noise stream)
+    _, two = _update(_cfg(2, protocol=protocol, **extra))
+    for r, ref in ((1, base), (2, two)):
+        cut = first_rounds(many, r)
+        assert len(cut.rounds) == r and all(torch.equal(cut.tensors[n], ref.tensors[n]) for n in many.rounds[0])
+    with pytest.raises(DataError):
+        first_rounds(many, 4)
 
 
 @pytest.mark.parametrize("mech", ["ldp", "dpsgd"])

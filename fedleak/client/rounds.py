@@ -162,3 +162,20 @@ def wrap(update: Update, res: RoundsResult) -> RoundsUpdate:
     fields["stats"] = {**update.stats, "rounds": {"rounds": res.total, "participated": list(res.participated),
                                                   "recorded": sorted(res.rounds[0]) if res.rounds else []}}
     return RoundsUpdate(**fields, rounds=res.rounds, participated=list(res.participated))
+
+
+def first_rounds(update: RoundsUpdate, count: int) -> RoundsUpdate:
+    """The server's record after only the first ``count`` received rounds of ``update``: ``rounds`` cut to
+    ``count`` and the recorded tensors of ``tensors`` replaced by their mean over those rounds (the others keep
+    the mean of all rounds: they were not recorded per round). Rounds share one noise stream, so this equals
+    running ``count`` rounds (for ``count = 1``, the single-round update's recorded tensors bit for bit)."""
+    if not 1 <= count <= len(update.rounds):
+        raise DataError(f"count must be between 1 and {len(update.rounds)} received rounds, got {count}")
+    recs = update.rounds[:count]
+    tensors = dict(update.tensors)
+    for k in recs[0]:
+        tensors[k] = recs[0][k].clone() if count == 1 else \
+            (sum(r[k].double() for r in recs) / count).to(recs[0][k].dtype)
+    fields = {f.name: getattr(update, f.name) for f in dataclasses.fields(Update)}
+    fields["tensors"] = tensors
+    return RoundsUpdate(**fields, rounds=list(recs), participated=list(update.participated[:count]))
