@@ -222,11 +222,12 @@ def _fl_setup(args):
     return clients, public, test, base
 
 
-def fl_train(args, planted: bool) -> dict:
+def fl_train(args, planted: str) -> dict:
     """R rounds of FedSGD with LDP on: every client clips its gradient to C = 1 and adds N(0, (zC)^2); the server
     averages and takes an Adam step (lr ``--fl-lr``) on the base model. ``planted``: the server sends the base
     wrapped in the default malicious-imprint structure (planted once from public digits; it stays, only the base
-    is updated) to every client, and attacks client 0 every round (its round alone, and all its rounds so far)."""
+    is updated) to every client (``all``) or to client 0 only (``target``; the others get the base), and attacks
+    client 0 every round (its round alone, and all its rounds so far). ``none``: no structure."""
     from fedleak import metrics as M
     from fedleak.attacks import attack
     from fedleak.client.obfuscations import ObfContext, build_pipeline
@@ -238,27 +239,29 @@ def fl_train(args, planted: bool) -> dict:
     from fedleak.server.view import ServerView
 
     clients, public, test, base = _fl_setup(args)
-    model, lay = MaliciousImprint().build(base, public, 10) if planted else (base, None)
-    prefix = "base." if planted else ""
+    model, lay = MaliciousImprint().build(base, public, 10) if planted != "none" else (base, None)
+    sent_to = [model if planted == "all" or (planted == "target" and c == 0) else base for c in range(len(clients))]
     pipe = build_pipeline([{"name": "ldp", "max_norm": 1.0, "noise_multiplier": args.fl_z}])
     proto = argparse.Namespace(name="fedsgd")
     gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(base.parameters(), lr=args.fl_lr)
     log, records = [], []
     for r in range(1, args.fl_rounds + 1):
-        params, buffers = param_dict(model), buffer_dict(model)
-        total, target = None, None
+        total, target = {}, None
         for c, (x, y) in enumerate(clients):
+            m = sent_to[c]
             ctx = ObfContext(generator=gen, batch_size=len(y), num_examples=len(y))
-            _, sent, _ = one_round(model, params, buffers, x, y, pipe, ctx, proto)
-            total = sent if total is None else {k: total[k] + sent[k] for k in total}
+            _, sent, _ = one_round(m, param_dict(m), buffer_dict(m), x, y, pipe, ctx, proto)
+            prefix = "base." if m is not base else ""
+            for name, _p in base.named_parameters():  # the base's part of every update
+                total[name] = total[name] + sent[prefix + name] if name in total else sent[prefix + name].clone()
             target = sent if c == 0 else target
         opt.zero_grad(set_to_none=True)
         for name, p in base.named_parameters():
-            p.grad = (total[prefix + name] / len(clients)).to(p.dtype)
+            p.grad = (total[name] / len(clients)).to(p.dtype)
         opt.step()
         entry = {"round": r, "test_accuracy": accuracy(base, test.images, test.labels)}
-        if planted:
+        if planted != "none":
             x0 = clients[0][0]
             view = ServerView(model_name="lenet", model_kwargs={}, global_state={k: v.detach().clone() for k, v in
                               model.state_dict().items()}, image_size=32, channels=3, num_classes=10,
@@ -272,9 +275,9 @@ def fl_train(args, planted: bool) -> dict:
                 entry[key] = {"mean_ssim": float(sum(per) / len(per)), "recovered": sum(1 for s in per if s > 0.5),
                               "images": len(per)}
         log.append(entry)
-        print(f"  {'planted' if planted else 'honest '} round {r}: test accuracy {entry['test_accuracy']:.3f}"
-              + (f", attack this round {entry['this_round']}, rounds so far {entry['rounds_so_far']}" if planted
-                 else ""), flush=True)
+        print(f"  {planted} round {r}: test accuracy {entry['test_accuracy']:.3f}"
+              + (f", attack this round {entry['this_round']}, rounds so far {entry['rounds_so_far']}"
+                 if planted != "none" else ""), flush=True)
     return {"planted": planted, "rounds": log, "final_test_accuracy": log[-1]["test_accuracy"]}
 
 
@@ -289,7 +292,7 @@ def fl_main(args) -> dict:
                     "clients": args.fl_clients, "client_size": args.fl_client_size, "rounds": args.fl_rounds,
                     "z": args.fl_z, "lr": args.fl_lr, "seed": args.seed,
                     "epsilon_all_rounds": rounds_epsilon(args.fl_z, args.fl_rounds, 1e-5)},
-           "honest": fl_train(args, False), "planted": fl_train(args, True)}
+           **{mode: fl_train(args, mode) for mode in args.fl_modes}}
     res["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.fl_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.fl_json).write_text(json.dumps(res, indent=1))
@@ -297,14 +300,19 @@ def fl_main(args) -> dict:
 
 
 def fl_table(res) -> str:
-    h, p = res["honest"]["rounds"], res["planted"]["rounds"]
-    lines = ["| round | test acc. honest | test acc. planted | attack this round: recovered / mean SSIM | "
-             "attack rounds 1..r: recovered / mean SSIM |", "|---|---|---|---|---|"]
-    for a, b in zip(h, p):
-        t, m = b["this_round"], b["rounds_so_far"]
-        lines.append(f"| {a['round']} | {a['test_accuracy']:.3f} | {b['test_accuracy']:.3f} | "
-                     f"{t['recovered']}/{t['images']} / {t['mean_ssim']:.3f} | "
-                     f"{m['recovered']}/{m['images']} / {m['mean_ssim']:.3f} |")
+    modes = [m for m in ("none", "target", "all") if m in res]
+    lines = ["| round | " + " | ".join(f"test acc. ({m})" for m in modes) + " | " +
+             " | ".join(f"attack ({m}): this round / rounds 1..r" for m in modes if m != "none") + " |",
+             "|---" * (1 + len(modes) + len([m for m in modes if m != "none"])) + "|"]
+    for i, row in enumerate(res[modes[0]]["rounds"]):
+        cells = [str(row["round"])] + [f"{res[m]['rounds'][i]['test_accuracy']:.3f}" for m in modes]
+        for m in modes:
+            if m != "none":
+                e = res[m]["rounds"][i]
+                t, a = e["this_round"], e["rounds_so_far"]
+                cells.append(f"{t['recovered']}/{t['images']}, {t['mean_ssim']:.3f} / {a['recovered']}/{a['images']}, "
+                             f"{a['mean_ssim']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -327,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fl-client-size", type=int, default=16)
     ap.add_argument("--fl-z", type=float, default=0.01)
     ap.add_argument("--fl-lr", type=float, default=1e-3)
+    ap.add_argument("--fl-modes", nargs="+", default=["none", "target", "all"], choices=["none", "target", "all"],
+                    help="none: no structure; target: structure sent to client 0 only; all: to every client")
     ap.add_argument("--fl-json", default=str(REPO / "experiments" / "ldp_rounds_fl.json"))
     ap.add_argument("--fl-report", default=None, help="only print the FL table of this JSON file")
     args = ap.parse_args(argv)

@@ -37,6 +37,12 @@
     Reconstructions are ranked by SNR; the top B are returned, padded with the public mean image when fewer
     were found (``info['recovered']`` is the number actually found).
 
+    **Many rounds** (a :class:`~fedleak.client.rounds.RoundsUpdate` with two or more recorded rounds, e.g.
+    ``protocol.rounds: R``): before step 1 the R recorded readouts are combined by :func:`combine_rounds` --
+    bins aligned by unit (the same structure was sent every round), each round's sigma re-estimated from its
+    own probes, inverse-variance average -- and steps 1-5 run on the combined rows, whose probe estimate is then
+    about ``sigma / sqrt(R)`` (``info['rounds']``).
+
 Both attacks need ``view.extra['imprint']`` (the layout the server planted) and use only the update, the
 model state the server sent and that layout -- never the client's images. Their ``info`` holds only what
 they computed from these.
