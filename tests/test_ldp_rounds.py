@@ -206,3 +206,19 @@ def test_identification_over_rounds_stays_under_the_bound(k, z, R):
     assert rate <= b + 3 * se
     assert rate == pytest.approx(predicted, abs=3 * math.sqrt(predicted * (1 - predicted) / n + 1e-4) + 0.02)
     assert predicted <= b + 0.02
+
+
+@pytest.mark.parametrize("R,z", [(1, 1.0), (1, 0.01), (10, 0.01), (100, 0.001)])
+def test_exact_gdp_epsilon_of_many_rounds_is_below_the_accountant(R, z):
+    """mu = sqrt(R)/z up to 1e4: the exact GDP epsilon solves delta(eps) = 1e-5 (checked with scipy in log space)
+    and lies just below Opacus's RDP epsilon (an upper bound); before the log-space fix it was capped at 700."""
+    from scipy.stats import norm
+
+    from fedleak.client.privacy import rounds_epsilon
+
+    mu = math.sqrt(R) / z
+    eps = bounds.gdp_epsilon(mu, 1e-5)
+    delta = math.exp(norm.logcdf(-eps / mu + mu / 2)) - math.exp(eps + norm.logcdf(-eps / mu - mu / 2))
+    assert delta == pytest.approx(1e-5, rel=1e-6)
+    rdp = rounds_epsilon(z, R, 1e-5)
+    assert 0.85 * rdp < eps < rdp
