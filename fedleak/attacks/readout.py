@@ -37,6 +37,12 @@
     Reconstructions are ranked by SNR; the top B are returned, padded with the public mean image when fewer
     were found (``info['recovered']`` is the number actually found).
 
+    **Many rounds** (a :class:`~fedleak.client.rounds.RoundsUpdate` with two or more recorded rounds, e.g.
+    ``protocol.rounds: R``): before step 1 the R recorded readouts are combined by :func:`combine_rounds` --
+    bins aligned by unit (the same structure was sent every round), each round's sigma re-estimated from its
+    own probes, inverse-variance average -- and steps 1-5 run on the combined rows, whose probe estimate is then
+    about ``sigma / sqrt(R)`` (``info['rounds']``).
+
 Both attacks need ``view.extra['imprint']`` (the layout the server planted) and use only the update, the
 model state the server sent and that layout -- never the client's images. Their ``info`` holds only what
 they computed from these.
@@ -53,6 +59,7 @@ import torch
 from pydantic import Field
 
 from fedleak.attacks.base import ATTACKS, Reconstruction
+from fedleak.client.rounds import RoundsUpdate
 from fedleak.errors import ConfigError
 from fedleak.options import Capabilities, Options
 
@@ -358,6 +365,32 @@ class LdpImprintOptions(Options):
     distribution: Literal["auto", "gaussian", "laplace"] = "auto"
 
 
+def combine_rounds(update, lay: dict) -> Optional[tuple[torch.Tensor, dict]]:
+    """Many rounds: the imprint rows of every recorded round combined into one, or None for one round.
+
+    Bins are aligned by unit: the server sent the same structure (the same thresholds) every round, so unit i
+    is bin i in each; the recorded rows must have the same shape in every round. Each round's noise std
+    ``sigma_r`` is re-estimated from its own probe units and the rounds are averaged with inverse-variance
+    weights ``1 / sigma_r^2`` (equal weights when a round is noise-free), so the noise std of the combined
+    rows is ``1 / sqrt(sum 1 / sigma_r^2)`` (``sigma / sqrt(R)`` for equal noise)."""
+    if not isinstance(update, RoundsUpdate) or len(update.rounds) < 2:
+        return None
+    rows = []
+    for r, rec in enumerate(update.rounds):
+        if lay["weight"] not in rec or lay["bias"] not in rec:
+            raise ConfigError(f"round {r} of the update has no imprint rows {lay['weight']!r} / {lay['bias']!r}")
+        rows.append(torch.cat([rec[lay["weight"]].detach().double(), rec[lay["bias"]].detach().double()[:, None]], 1))
+    if any(x.shape != rows[0].shape for x in rows):
+        raise ConfigError("the imprint rows differ in shape between rounds (the structure was not the same)")
+    sig = [estimate_noise(x[lay["probes"]])["sigma"] for x in rows]
+    w = torch.tensor([1.0 / s**2 for s in sig] if min(sig) > 0 else [1.0] * len(sig), dtype=torch.float64)
+    w = w / w.sum()
+    combined = sum(wi * x for wi, x in zip(w.tolist(), rows))
+    return combined, {"rounds": len(rows), "participated": list(update.participated),
+                      "sigma_per_round": {"min": min(sig), "max": max(sig), "mean": sum(sig) / len(sig)},
+                      "weights": "inverse-variance" if min(sig) > 0 else "equal"}
+
+
 @dataclass
 class _Noise:
     """The noise model used by the readout: the probe fit, the distribution and std used, ``k4`` =
@@ -473,6 +506,9 @@ def ldp_imprint_attack(view, update, options: LdpImprintOptions, *, callback=Non
     o = options  # validated by the registry (fedleak.attacks.attack)
     lay = _layout(view)
     rows_ = _Rows(view, update, lay)
+    multi = combine_rounds(update, lay)
+    if multi is not None:  # many rounds: the combined rows replace the (plain-mean) rows of the update
+        rows_.R = multi[0]
     lo, hi = lay["value_range"]
     noise = _noise_model(rows_.R, lay, o.distribution)
     ropts = dict(rows=rows_, shape=tuple(lay["image_shape"]), dist=noise.dist, confidence=o.confidence,
@@ -486,5 +522,5 @@ def ldp_imprint_attack(view, update, options: LdpImprintOptions, *, callback=Non
     info = {"attack": "ldp-imprint", "layout": lay.get("layout", "nested"), "noise": noise.fit,
             "distribution_used": noise.dist, "sigma_used": noise.sigma, "candidates": len(cands),
             "merged_duplicates": merged, "filter_domain": o.filter_domain, "confidence": o.confidence,
-            "ci_scale": o.ci_scale}
+            "ci_scale": o.ci_scale, "rounds": multi[1] if multi is not None else {"rounds": 1}}
     return _finish(keep, int(view.batch_size), tuple(lay["image_shape"]), mean_img, info)

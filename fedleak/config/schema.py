@@ -88,6 +88,10 @@ class ProtocolConfig(_Strict):
     epochs: int = Field(1, ge=1, le=1000)
     share_labels: bool = True
     send: Literal["pseudo-gradient", "delta"] = "pseudo-gradient"
+    #: rounds the client takes part in with the same data and model, fresh noise each (fedleak/client/rounds.py)
+    rounds: int = Field(1, ge=1, le=10_000)
+    #: per-round Poisson participation rate of the client (enters the accountant; rounds are drawn with it)
+    participation: float = Field(1.0, gt=0, le=1)
 
 
 class OutputConfig(_Strict):

@@ -24,6 +24,7 @@ from fedleak.errors import ConfigError
 from fedleak.client.models import build_model, model_kwargs
 from fedleak.client.obfuscations import ObfContext, build_pipeline
 from fedleak.client.protocols import buffer_dict, fedavg, fedsgd, param_dict
+from fedleak.client.rounds import recorded_tensors, rounds_privacy, run_rounds, wrap as wrap_rounds
 from fedleak.client.update import Update
 from fedleak.server.scenarios import SCENARIOS, ServerContext, build_scenario
 from fedleak.server.view import ServerView
@@ -97,7 +98,12 @@ class Case:
             local_steps=steps,
         )
         t0 = time.perf_counter()
-        if p.name == "fedsgd":
+        multi = None
+        if p.rounds > 1 or p.participation < 1:  # many rounds: fedleak/client/rounds.py
+            multi = run_rounds(model, params, buffers, x, y, self.pipeline, ctx, p, cfg.seed,
+                               keep=recorded_tensors(self.sent.extra))
+            raw, kind = multi.raw, multi.kind
+        elif p.name == "fedsgd":
             raw = fedsgd(model, params, buffers, x, y, self.pipeline, ctx)
             kind = "gradient"
         else:
@@ -108,10 +114,11 @@ class Case:
             else:
                 raw = delta
             kind = p.send
-        sent = self.pipeline.apply(raw, ctx)
+        sent = self.pipeline.apply(raw, ctx) if multi is None else multi.sent
         numels = [t.numel() for t in sent.values()]
         stats = update_stats(raw, sent, self.pipeline.bits(numels))
-        priv = self.pipeline.privacy(ctx)
+        priv = self.pipeline.privacy(ctx) if multi is None else rounds_privacy(
+            self.pipeline, ctx, multi.total, len(multi.participated), p.participation)
         if priv is not None:
             stats["privacy"] = priv
         stats["client_seconds"] = round(time.perf_counter() - t0, 4)
@@ -129,6 +136,8 @@ class Case:
             obfuscation=self.pipeline.describe(),
             stats=stats,
         )
+        if multi is not None:
+            self._update = wrap_rounds(self._update, multi)
         return self._update
 
     def server_view(self) -> ServerView:

@@ -155,8 +155,10 @@ def gdp_epsilon(mu: float, delta: float) -> float:
     if mu == math.inf:
         return math.inf
 
-    def delta_of(eps: float) -> float:
-        return _phi(-eps / mu + mu / 2) - math.exp(eps) * _phi(-eps / mu - mu / 2) if eps < 700 else 0.0
+    from scipy.special import log_ndtr
+
+    def delta_of(eps: float) -> float:  # in log space: e^eps overflows for mu >~ 35
+        return math.exp(float(log_ndtr(-eps / mu + mu / 2))) - math.exp(eps + float(log_ndtr(-eps / mu - mu / 2)))
 
     if delta_of(0.0) <= d:
         return 0.0
