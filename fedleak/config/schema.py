@@ -108,6 +108,7 @@ _SECTION_FIELDS = {"seed", "attack", "enhancer", "server", "metrics"}
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     threads: Optional[int] = Field(None, ge=1, le=1024)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # fedleak.device.resolve_device
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
