@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -108,7 +109,6 @@ _SECTION_FIELDS = {"seed", "attack", "enhancer", "server", "metrics"}
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     threads: Optional[int] = Field(None, ge=1, le=1024)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # fedleak.device.resolve_device
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
@@ -118,6 +118,14 @@ class RunConfig(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
     output: OutputConfig = Field(default_factory=OutputConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved once by fedleak.device.resolve_device
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        if not (isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v.strip().lower())):
+            raise ValueError("must be auto, cpu or cuda (or cuda:N)")
+        return v.strip().lower()
 
     @field_validator("obfuscation", mode="before")
     @classmethod
