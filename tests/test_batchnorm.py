@@ -186,3 +186,11 @@ def test_bn_stats_prior_uses_the_sent_statistics_in_an_attack():
     assert rec.images.shape == case.images.shape and torch.isfinite(torch.tensor(rec.loss_history)).all()
     plain = attack({"name": "inverting-gradients", "iterations": 3, "labels": "known"}, view, u)
     assert not torch.equal(plain.images, rec.images)  # the prior changed the optimisation
+
+
+def test_a_batch_batchnorm_cannot_normalise_is_one_clear_line():
+    model = build_model("resnet18", num_classes=10, image_size=32, width=0.125)  # 32x32 -> 1x1 at the last block
+    x, y = torch.rand(1, 3, 32, 32), torch.tensor([1])
+    with pytest.raises(ConfigError, match="more than one value per channel.*larger batch") as e:
+        fedsgd(model, param_dict(model), buffer_dict(model), x, y, build_pipeline([]), ctx())
+    assert "\n" not in str(e.value)

@@ -43,7 +43,14 @@ def train_mode(model: nn.Module):
 
 
 def loss_fn(model: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    out = functional_call(model, (params, buffers), (x,))
+    try:
+        out = functional_call(model, (params, buffers), (x,))
+    except ValueError as e:  # torch's BatchNorm refuses a single value per channel in train mode
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ConfigError(f"BatchNorm in train mode needs more than one value per channel, but a batch of "
+                          f"{x.shape[0]} {tuple(x.shape[2:])} image(s) leaves one ({e}); use a larger batch or "
+                          f"image size, or a model without BatchNorm") from None
     return F.cross_entropy(out, y)
 
 
