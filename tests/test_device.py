@@ -142,3 +142,20 @@ def test_precision_auto_runs_on_the_gpu():
                      view, update)
     assert rec.info["precision"] in ("bfloat16", "float16") and torch.isfinite(rec.images).all()
 
+
+
+@pytest.mark.parametrize("argv", [["train-victim", "--model", "lenet", "--epochs", "0", "--snapshots", "0"],
+                                  ["train-enhancer", "--data", "builtin", "--steps", "1", "-q"]])
+def test_training_commands_refuse_cuda_without_cuda_before_writing(no_cuda, tmp_path, capsys, argv):
+    out = tmp_path / ("victims" if argv[0] == "train-victim" else "enhancer.safetensors")
+    rc = cli_main(argv + ["--device", "cuda", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "CUDA is not available" in err, err
+    assert not out.exists()
+
+
+def test_train_victim_on_the_cpu_records_the_device(tmp_path):
+    from fedleak.experiment.victims import VictimPlan, train_victim
+
+    card = train_victim(VictimPlan(model="lenet", epochs=0, snapshots=[0], device="auto"), tmp_path, log=lambda s: None)
+    assert card["device"] == str(resolve_device("auto")) and card["plan"]["device"] == "auto"

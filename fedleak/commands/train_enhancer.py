@@ -46,7 +46,10 @@ def main(args) -> int:
     from fedleak.errors import ConfigError
     from fedleak.experiment.enhancer_pairs import DEFAULT_PAIR_PLAN, make_pairs
 
+    from fedleak.device import resolve_device
+
     torch.set_num_threads(max(1, args.threads))
+    resolve_device(args.device)  # refuse cuda without CUDA before the (slow) attack pairs are made
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))

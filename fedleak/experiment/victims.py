@@ -103,12 +103,12 @@ def train_victim(plan: VictimPlan, out: str | Path, command: Optional[str] = Non
                  log: Callable[[str], None] = print) -> dict:
     """Train ``plan.model`` on ``plan.data`` and write the snapshots and the card into ``out``; returns the card."""
     plan.validate()
+    dev = resolve_device(plan.device)  # before anything is written: cuda without CUDA is refused first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = load_public(plan.data, "train", plan.size), load_public(plan.data, "test", plan.size)
     n_cls = int(train.labels.max()) + 1
     kwargs = dict(num_classes=n_cls, image_size=plan.size, width=plan.width, seed=plan.seed)
-    dev = resolve_device(plan.device)
     model = build_model(plan.model, **kwargs).to(dev)
     train_x, train_y = train.images.to(dev), train.labels.to(dev)
     test_xy = (test.images.to(dev), test.labels.to(dev))
