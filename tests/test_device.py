@@ -123,7 +123,8 @@ def test_a_tiny_attack_on_the_gpu_agrees_with_the_cpu(model, monkeypatch):
     gpu_update = gpu_case.client_update()
     for k, t in update.tensors.items():  # the client on the GPU uploads the same update
         torch.testing.assert_close(gpu_update.tensors[k], t, rtol=1e-3, atol=1e-5)
-    opts = {"name": "inverting-gradients", "iterations": 10, "labels": "known", "precision": "float32"}
+    # rog: plain (unsigned) Adam on a smooth loss, so float rounding does not flip update signs between devices
+    opts = {"name": "rog", "iterations": 10, "labels": "known", "precision": "float32"}
     if model == "resnet18-cifar":
         opts["priors"] = {"bn-stats": 0.01}
     cpu = attack(opts, view, update)
