@@ -160,3 +160,7 @@ def test_train_victim_on_the_cpu_records_the_device(tmp_path):
 
     card = train_victim(VictimPlan(model="lenet", epochs=0, snapshots=[0], device="auto"), tmp_path, log=lambda s: None)
     assert card["device"] == str(resolve_device("auto")) and card["plan"]["device"] == "auto"
+
+
+def test_a_cell_with_a_bad_config_asks_for_no_gpu():
+    assert task_gpus({"base": {"device": "cuda"}, "overrides": ["data.size=-3"]}, 2) == 0

@@ -354,10 +354,13 @@ def _local_backend(tasks: list[dict], workers: int, threads: int, on_done: Calla
 
 def task_gpus(task: dict, cluster_gpus: float) -> int:
     """GPUs a cell's Ray task requests: 1 when it computes on CUDA (``device: cuda``, or ``auto`` on a cluster
-    with GPUs), else 0."""
+    with GPUs), else 0. A cell whose config does not validate asks for none (its run records the error)."""
     from fedleak.config.schema import as_config
 
-    dev = as_config(task["base"], task["overrides"]).device
+    try:
+        dev = as_config(task["base"], task["overrides"]).device
+    except FedleakError:
+        return 0
     return 1 if dev.startswith("cuda") or (dev == "auto" and cluster_gpus > 0) else 0
 
 
