@@ -12,8 +12,8 @@ Victims: the seeded initialisation (running statistics 0 / 1) and the same netwo
 ``fedleak train-victim`` on the training split of scikit-learn's digits (running statistics of digit features).
 Clients (``--cases``): held-out digits (batch 1 and 4) and photos bundled with scikit-image (batch 2). Attacks
 (``--attacks``): ``rog`` and ``inverting-gradients`` at ``--iterations``, each with and without the ``bn-stats``
-prior (weight ``--bn-weight``; it uses only the running statistics of the model the server sent). Prints a Markdown table and, with ``--out``,
-writes the rows as JSON.
+prior (weight ``--bn-weight``; it uses only the running statistics of the model the server sent). Prints a
+Markdown table and, with ``--out``, writes the rows as JSON.
 """
 from __future__ import annotations
 
