@@ -16,7 +16,8 @@ PKG = ROOT / "fedleak"
 
 #: stages from the bottom up; a module may import only its own layer or lower ones
 LAYERS: list[tuple[str, ...]] = [
-    ("fedleak.errors", "fedleak.options", "fedleak.registry", "fedleak.io", "fedleak.version", "fedleak.progress"),
+    ("fedleak.errors", "fedleak.options", "fedleak.registry", "fedleak.io", "fedleak.version", "fedleak.progress",
+     "fedleak.device"),
     ("fedleak.client",),
     ("fedleak.server",),
     ("fedleak.attacks",),

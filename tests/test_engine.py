@@ -41,7 +41,7 @@ def _register(monkeypatch, registry, name, obj):
     ("loss", "l1", "valid: cosine, l2"),
     ("schedule", "linear", "valid: cosine, multistep, none"),
     ("param", "wavelet", "valid: lowres, pixels"),
-    ("priors", {"nope": 1.0}, "unknown prior 'nope'; valid: tv"),
+    ("priors", {"nope": 1.0}, "unknown prior 'nope'; valid: bn-stats, tv"),
     ("optimizer", "sgd", "valid: adam, lbfgs"),
 ])
 def test_unknown_names_list_the_valid_ones(key, value, valid):

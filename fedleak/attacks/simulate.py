@@ -8,6 +8,11 @@ Large linear layers (``nn.Linear`` with at least ``big_threshold`` weights) neve
 their output gradients ``D`` and inputs ``H`` are captured and kept as factors (see ``matching.py``).
 In FedAvg the updated weight ``W_t = W_0 - lr * sum_{s<t} D_s^T H_s`` is applied as a low-rank
 correction ``z = h W_0^T - lr * (h H_<t^T) D_<t``, so no 33 M-weight copy is made per local step.
+
+The model runs in train mode, as the client's does: BatchNorm normalises with the candidate batch's statistics.
+Each simulated round starts from a copy of the sent buffers and updates that copy as the client updates its own
+(one running-statistics update per local step); :attr:`ForwardModel.last_buffers` holds the copy after the last
+simulated round, and the sent buffers are never changed.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class ForwardModel:
         self.autocast = autocast
         self.params = {k: v.detach() for k, v in params.items()}
         self.buffers = buffers
+        self.last_buffers: dict[str, torch.Tensor] = {}
         self.big: dict[str, nn.Linear] = {}
         self.big_bias: dict[str, str] = {}
         if fast:
@@ -61,12 +67,13 @@ class ForwardModel:
         self._captures.append((name, h, out))
         return out
 
-    def _grads(self, params, x, y, soft: bool):
-        """Loss gradients: dense for small params, (D, H) for big linear weights."""
+    def _grads(self, params, x, y, soft: bool, buffers: dict[str, torch.Tensor]):
+        """Loss gradients: dense for small params, (D, H) for big linear weights (``buffers`` updated in place)."""
         self._captures = []
-        ctx = torch.autocast("cpu", dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        ctx = (torch.autocast(x.device.type, dtype=self.autocast) if self.autocast is not None
+               else contextlib.nullcontext())
         with ctx:
-            out = functional_call(self.model, (params, self.buffers), (x,))
+            out = functional_call(self.model, (params, buffers), (x,))
             if soft:
                 loss = torch.sum(-F.softmax(y, -1) * F.log_softmax(out, -1), -1).mean()
             else:
@@ -99,8 +106,12 @@ class ForwardModel:
             p[k] = self.params[k].detach().requires_grad_(True)
         return p
 
+    def _fresh_buffers(self) -> dict[str, torch.Tensor]:
+        self.last_buffers = {k: v.clone() for k, v in self.buffers.items()}
+        return self.last_buffers
+
     def fedsgd(self, x: torch.Tensor, y: torch.Tensor, soft: bool = False) -> GradRep:
-        dense, factors = self._grads(self._leaf_params(), x, y, soft)
+        dense, factors = self._grads(self._leaf_params(), x, y, soft, self._fresh_buffers())
         return GradRep(dense, factors)
 
     def fedavg(self, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
@@ -109,12 +120,13 @@ class ForwardModel:
         from fedleak.client.protocols import minibatches
 
         p = self._leaf_params()
+        buffers = self._fresh_buffers()
         acc: dict[str, torch.Tensor] = {}
         hist: dict[str, tuple[list, list]] = {k: ([], []) for k in self.big}
         self._corrections = {}
         try:
             for sl in minibatches(x.shape[0], local_batch_size, steps):
-                dense, factors = self._grads(p, x[sl], y[sl], soft)
+                dense, factors = self._grads(p, x[sl], y[sl], soft, buffers)
                 for k, g in dense.items():
                     acc[k] = acc[k] + g if k in acc else g
                     if k in p and k not in self.big:

@@ -1,9 +1,16 @@
 """FL client protocols: FedSGD (one gradient) and FedAvg (tau local SGD steps), as pure functions of
 (model, parameters, data). Per-example gradients for DP-SGD come from ``torch.func``.
+
+The client trains as deployed: the model runs in train mode, so BatchNorm normalises with the statistics of
+the batch and updates its running statistics. Those live in ``buffers``, which the protocols update in place
+(pass a copy, as :func:`buffer_dict` makes): after :func:`fedavg` they hold the running statistics the client
+uploads with its FedAvg update. A model without BatchNorm (or dropout) computes exactly what it did in eval mode.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +31,26 @@ def buffer_dict(model: nn.Module) -> Params:
     return {k: v.detach().clone() for k, v in model.named_buffers()}
 
 
+@contextlib.contextmanager
+def train_mode(model: nn.Module):
+    """Run ``model`` in train mode (as a deployed client does), restoring its previous mode afterwards."""
+    was = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def loss_fn(model: nn.Module, params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    out = functional_call(model, (params, buffers), (x,))
+    try:
+        out = functional_call(model, (params, buffers), (x,))
+    except ValueError as e:  # torch's BatchNorm refuses a single value per channel in train mode
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ConfigError(f"BatchNorm in train mode needs more than one value per channel, but a batch of "
+                          f"{x.shape[0]} {tuple(x.shape[2:])} image(s) leaves one ({e}); use a larger batch or "
+                          f"image size, or a model without BatchNorm") from None
     return F.cross_entropy(out, y)
 
 
@@ -33,10 +58,14 @@ def batch_gradient(model, params, buffers, x, y, per_example_step=None, ctx: Opt
     """Mean-loss gradient of the batch; with a DP-SGD step, per-example gradients are clipped and noised."""
     if per_example_step is None:
         p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        loss = loss_fn(model, p, buffers, x, y)
+        with train_mode(model):
+            loss = loss_fn(model, p, buffers, x, y)
         g = torch.autograd.grad(loss, list(p.values()))
         return {k: gi.detach() for k, gi in zip(p, g)}
-    return per_example_step.aggregate(per_example_gradients(model, params, buffers, x, y), ctx)
+    per_example = per_example_gradients(model, params, buffers, x, y)
+    # the noise comes from the client's CPU generator: aggregate on the CPU, continue on the batch's device
+    out = per_example_step.aggregate({k: v.cpu() for k, v in per_example.items()}, ctx)
+    return {k: v.to(x.device) for k, v in out.items()}
 
 
 def per_example_gradients(model, params, buffers, x, y) -> Params:
@@ -48,7 +77,8 @@ def per_example_gradients(model, params, buffers, x, y) -> Params:
         out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    return vmap(grad(single), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
+    with train_mode(model):
+        return vmap(grad(single), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
 
 
 def fedsgd(model, params, buffers, x, y, pipeline: Pipeline, ctx: ObfContext) -> Params:
@@ -67,7 +97,9 @@ def minibatches(n: int, local_batch_size: Optional[int], total_steps: int):
 def fedavg(model, params, buffers, x, y, pipeline: Pipeline, ctx: ObfContext, lr: float, local_steps: int,
            local_batch_size: Optional[int] = None, epochs: int = 1,
            on_step: Optional[Callable[[int], None]] = None) -> tuple[Params, Params]:
-    """Run ``local_steps * epochs`` SGD steps; return (delta = theta0 - theta_tau, final params)."""
+    """Run ``local_steps * epochs`` SGD steps; return (delta = theta0 - theta_tau, final params).
+
+    ``buffers`` (BatchNorm running statistics) are updated in place, one update per local step."""
     p = {k: v.detach().clone() for k, v in params.items()}
     total = local_steps * epochs
     for t, sl in enumerate(minibatches(x.shape[0], local_batch_size, total)):

@@ -10,6 +10,9 @@ import torch
 
 from fedleak.errors import DataError
 
+#: key prefix of the uploaded buffers (BatchNorm running statistics) in a saved update file
+BUFFER_PREFIX = "buffers::"
+
 
 @dataclass
 class Update:
@@ -17,7 +20,10 @@ class Update:
 
     ``tensors`` is keyed by parameter name in model order. ``kind`` is ``gradient`` (FedSGD),
     ``delta`` (FedAvg: theta0 - theta_tau) or ``pseudo-gradient`` (FedAvg: (theta0 - theta_tau) / lr).
-    ``labels`` is set only when the scenario shares labels with the server.
+    ``labels`` is set only when the scenario shares labels with the server. ``buffers`` (FedAvg only): the
+    model's buffers after local training, i.e. the BatchNorm running statistics (``running_mean``,
+    ``running_var``, ``num_batches_tracked``) the client uploads with its weights; obfuscations apply to
+    ``tensors`` only. Saved under the key prefix :data:`BUFFER_PREFIX`.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -32,6 +38,7 @@ class Update:
     labels: Optional[torch.Tensor] = None
     obfuscation: list[dict] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def meta(self) -> dict:
         return {
@@ -57,7 +64,8 @@ class Update:
         from fedleak.client.update_io import CODEC_KEY, META_KEY, SERVER_KEY, encode
         from fedleak.io import atomic_path
 
-        parts, header = encode(self.tensors, self.obfuscation)
+        tensors = {**self.tensors, **{BUFFER_PREFIX + k: v for k, v in self.buffers.items()}}  # buffers: dense
+        parts, header = encode(tensors, self.obfuscation)
         meta = {META_KEY: json.dumps(self.meta()), CODEC_KEY: json.dumps(header)}
         if server is not None:
             meta[SERVER_KEY] = json.dumps(server)
@@ -74,4 +82,6 @@ class Update:
         tensors, meta = read_tensors(p)
         meta.pop("server", None)
         labels = meta.pop("labels", None)
-        return cls(tensors=tensors, labels=None if labels is None else torch.tensor(labels), **meta)
+        buffers = {k[len(BUFFER_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(BUFFER_PREFIX)}
+        return cls(tensors=tensors, labels=None if labels is None else torch.tensor(labels), buffers=buffers,
+                   **meta)

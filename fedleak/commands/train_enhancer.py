@@ -31,6 +31,8 @@ def add_parser(sub):
     p.add_argument("--pool", type=int, default=1200, help="clean crops generated for synthetic pairs (default 1200)")
     p.add_argument("--patch", type=int, default=64, help="training patch size, a multiple of 16 (default 64)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the training steps run (default auto: CUDA when available)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="start even if the estimated peak memory exceeds the available memory")
@@ -47,7 +49,10 @@ def main(args) -> int:
     from fedleak.experiment.enhancer_pairs import DEFAULT_PAIR_PLAN, make_pairs
     from fedleak.experiment.resources import enhancer_estimate, guard
 
+    from fedleak.device import resolve_device
+
     torch.set_num_threads(max(1, args.threads))
+    resolve_device(args.device)  # refuse cuda without CUDA before the (slow) attack pairs are made
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -77,7 +82,8 @@ def main(args) -> int:
             pairs["batches"] = pairs["batches"][:n]
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, arch=arch, pool=args.pool,
                       patch=args.patch)
-    info = train(args.data, args.out, cfg, pairs=pairs, pairs_path=args.pairs, progress=not args.quiet, log=log)
+    info = train(args.data, args.out, cfg, pairs=pairs, pairs_path=args.pairs, progress=not args.quiet, log=log,
+                 device=args.device)
     print(f"wrote {args.out} ({info['steps']} steps, loss {info['first_loss']:.4f} -> {info['final_loss']:.4f}, "
           f"{info['train_seconds']:.0f}s)")
     v = info.get("validation", {}).get("all")

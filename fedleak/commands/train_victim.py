@@ -23,6 +23,8 @@ def add_parser(sub):
     p.add_argument("--width", type=float, default=1.0, help="model width factor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where training runs (default auto: CUDA when available)")
     p.add_argument("--out", default="victims", help="output folder (default victims/)")
     p.add_argument("--force", action="store_true",
                    help="start even if the estimated peak memory exceeds the available memory")
@@ -41,7 +43,7 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     snaps = _epochs(args.snapshots) if args.snapshots else sorted({0, min(1, args.epochs), args.epochs})
     plan = VictimPlan(model=args.model, data=args.data, size=args.size, epochs=args.epochs, snapshots=snaps,
-                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, width=args.width)
+                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, width=args.width, device=args.device)
     guard(victim_estimate(plan.validate()), force=args.force, hint="reduce --batch-size, --size or --width",
           what="this training")  # before anything is trained or written
     card = train_victim(plan, args.out, command="fedleak " + " ".join(sys.argv[1:]))

@@ -137,6 +137,14 @@ class RunConfig(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
     output: OutputConfig = Field(default_factory=OutputConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved once by fedleak.device.resolve_device
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        if not (isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v.strip().lower())):
+            raise ValueError("must be auto, cpu or cuda (or cuda:N)")
+        return v.strip().lower()
 
     @field_validator("obfuscation", mode="before")
     @classmethod

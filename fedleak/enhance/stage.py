@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from fedleak.device import current_device
 from fedleak.enhance import net as EN
 from fedleak.errors import ConfigError
 from fedleak.options import NoOptions, Options
@@ -156,8 +157,9 @@ def _check_learned(opts: LearnedOptions) -> None:
 def _run_learned(x: torch.Tensor, opts: LearnedOptions) -> torch.Tensor:
     _check_divisible(x, opts.scale)
     net, _ = _net(weights_path(opts))
+    dev = current_device()  # the run's device (fedleak.device); the result comes back on the CPU
     with torch.no_grad():
-        return torch.cat([net.enhance(x[i:i + 16]) for i in range(0, x.shape[0], 16)])
+        return torch.cat([net.to(dev).enhance(x[i:i + 16].to(dev)).cpu() for i in range(0, x.shape[0], 16)])
 
 
 ENHANCERS.register("learned", options=LearnedOptions,

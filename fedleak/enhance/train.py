@@ -309,8 +309,10 @@ def _draw_batch(d: _Data, cfg: TrainConfig, n_r: int, n_s: int, gen: torch.Gener
     return torch.cat(xs), torch.cat(ys)
 
 
-def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: bool) -> list[float]:
-    """``cfg.steps`` Adam steps (cosine learning-rate schedule, gradient clipping); returns the loss per step."""
+def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: bool,
+              device: torch.device = torch.device("cpu")) -> list[float]:
+    """``cfg.steps`` Adam steps (cosine learning-rate schedule, gradient clipping); returns the loss per step.
+    Batches are drawn on the CPU (one random stream on every device) and moved to ``device``."""
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     T = cfg.steps
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -325,6 +327,7 @@ def _optimise(net, d: _Data, cfg: TrainConfig, gen: torch.Generator, progress: b
         bar = Bar(T, "train-enhancer", unit="step")
     for step in range(T):
         x, y = _draw_batch(d, cfg, n_r, n_s, gen)
+        x, y = x.to(device), y.to(device)
         loss = patch_loss(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -372,8 +375,12 @@ def _sidecar(data: str, cfg: TrainConfig, d: _Data, pairs: Optional[dict], pairs
 
 
 def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = None, pairs_path: Optional[str] = None,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train an enhancer and save it to ``out`` (+ sidecar). Returns the sidecar info plus ``losses``."""
+          progress: bool = True, log: Callable[[str], None] = print, device: str | torch.device = "cpu") -> dict:
+    """Train an enhancer and save it to ``out`` (+ sidecar). Returns the sidecar info plus ``losses``.
+    ``device``: ``auto`` | ``cpu`` | ``cuda`` (:func:`fedleak.device.resolve_device`) for the training steps."""
+    from fedleak.device import resolve_device
+
+    dev = resolve_device(device)
     if cfg.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {cfg.steps}")
     t_start = time.perf_counter()
@@ -382,11 +389,12 @@ def train(data: str, out: str | Path, cfg: TrainConfig, pairs: Optional[dict] = 
     rng = np.random.default_rng([cfg.seed, 12345])
     d = _prepare(data, cfg, pairs, rng, log)
     net = EN.build(cfg.arch)
-    net.train()
-    losses = _optimise(net, d, cfg, gen, progress)
-    net.eval()
+    net.to(dev).train()
+    losses = _optimise(net, d, cfg, gen, progress, dev)
+    net.cpu().eval()
     seconds = time.perf_counter() - t_start
     info = _sidecar(data, cfg, d, pairs, pairs_path, losses, validate(net, d.real_val), seconds)
+    info["device"] = str(dev)
     EN.save(net, cfg.arch, out, info)
     info["losses"] = losses
     return info

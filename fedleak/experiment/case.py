@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fedleak.config.schema import as_config
+from fedleak.device import resolve_device
 from fedleak.client.data import ImageSet
 from fedleak.client.weights import load_weights
 from fedleak.experiment.data import load_data
@@ -86,8 +87,10 @@ class Case:
         p = cfg.protocol
         model = self.model
         model.train()
-        params, buffers = param_dict(model), buffer_dict(model)
-        x, y = self.images, self.labels
+        dev = resolve_device(cfg.device)  # functional_call swaps in every tensor: the module itself stays put
+        params = {k: v.to(dev) for k, v in param_dict(model).items()}
+        buffers = {k: v.to(dev) for k, v in buffer_dict(model).items()}
+        x, y = self.images.to(dev), self.labels.to(dev)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         n = x.shape[0]
         steps = 1 if p.name == "fedsgd" else p.local_steps * p.epochs
@@ -99,6 +102,7 @@ class Case:
         )
         t0 = time.perf_counter()
         multi = None
+        uploaded_buffers: dict = {}
         if p.rounds > 1 or p.participation < 1:  # many rounds: fedleak/client/rounds.py
             multi = run_rounds(model, params, buffers, x, y, self.pipeline, ctx, p, cfg.seed,
                                keep=recorded_tensors(self.sent.extra))
@@ -114,6 +118,8 @@ class Case:
             else:
                 raw = delta
             kind = p.send
+            uploaded_buffers = {k: v.cpu() for k, v in buffers.items()}  # running statistics after the steps
+        raw = {k: v.cpu() for k, v in raw.items()}  # obfuscations draw from the CPU generator
         sent = self.pipeline.apply(raw, ctx) if multi is None else multi.sent
         numels = [t.numel() for t in sent.values()]
         stats = update_stats(raw, sent, self.pipeline.bits(numels))
@@ -135,6 +141,7 @@ class Case:
             labels=self.labels.clone() if p.share_labels and self.data.labels_known else None,  # unlabelled: none to share
             obfuscation=self.pipeline.describe(),
             stats=stats,
+            buffers=uploaded_buffers,
         )
         if multi is not None:
             self._update = wrap_rounds(self._update, multi)

@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from fedleak.config.schema import as_config
+from fedleak.device import resolve_device, using_device
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
 from fedleak.experiment.rundir import bind_warnings, capture_warnings
@@ -431,16 +432,20 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     plan = prepare(config, overrides, force=force, log=log)
     if plan.cfg.threads:
         torch.set_num_threads(plan.cfg.threads)
+    device = resolve_device(plan.cfg.device)  # the one resolution of ``device``: client, attack, enhancer
     log(f"fedleak run: config {config if isinstance(config, (str, Path)) else type(config).__name__}"
         + (f", overrides {overrides}" if overrides else ""))
-    log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}")
+    log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}, "
+        f"device {device}")
     folder = _open_folder(plan, out, resume is not None, log)
     try:
-        client = client_stage(plan.cfg, folder.path, log)
-        att = attack_stage(plan, folder, client, progress, log)
-        enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log)
+        with using_device(device):
+            client = client_stage(plan.cfg, folder.path, log)
+            att = attack_stage(plan, folder, client, progress, log)
+            enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log)
         scores = evaluate_stage(plan.cfg, client.case, att.rec, enhanced, log)
         metrics = _metrics_doc(plan, folder.path, client, att, scores, t_enh)
+        metrics["device"] = str(device)
         metrics = write_stage(plan, folder, client, att, enhanced, scores, metrics, t_all, log)
         _finish(folder, att.interrupted, log)
         return folder.path, metrics

@@ -351,6 +351,18 @@ def _local_backend(tasks: list[dict], workers: int, threads: int, on_done: Calla
     ex.shutdown(wait=True)
 
 
+def task_gpus(task: dict, cluster_gpus: float) -> int:
+    """GPUs a cell's Ray task requests: 1 when it computes on CUDA (``device: cuda``, or ``auto`` on a cluster
+    with GPUs), else 0. A cell whose config does not validate asks for none (its run records the error)."""
+    from fedleak.config.schema import as_config
+
+    try:
+        dev = as_config(task["base"], task["overrides"]).device
+    except FedleakError:
+        return 0
+    return 1 if dev.startswith("cuda") or (dev == "auto" and cluster_gpus > 0) else 0
+
+
 def _ray_backend(tasks: list[dict], workers: Optional[int], address: Optional[str],
                  on_done: Callable[[dict], None], log: Callable[[str], None]) -> None:
     try:
@@ -377,13 +389,14 @@ def _ray_backend(tasks: list[dict], workers: Optional[int], address: Optional[st
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1, max_retries=0)(run_cell)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
         queue = list(tasks)
         pending: dict[Any, dict] = {}
         try:
             while queue or pending:
                 while queue and len(pending) < workers:
                     t = queue.pop(0)
-                    pending[remote.remote(t)] = t
+                    pending[remote.options(num_gpus=task_gpus(t, gpus)).remote(t)] = t
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     t = pending.pop(ref)

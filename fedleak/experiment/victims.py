@@ -7,9 +7,12 @@ writes ``victims/lenet-digits32-e0.safetensors`` (the seeded initialisation), ``
 ``victims/lenet-digits32.json``: data, split, epochs, optimiser, per-snapshot train loss and test accuracy,
 file hashes and the command. ``model.weights: victims/lenet-digits32-e5.safetensors`` (with
 ``model.num_classes: 10``) then attacks that snapshot. BatchNorm layers train in train mode, as deployed.
+``device`` (``auto`` | ``cpu`` | ``cuda``, :func:`fedleak.device.resolve_device`) is where the epochs run; the
+shuffle is drawn on the CPU, and the snapshots are written from CPU copies.
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
@@ -25,6 +28,7 @@ from torch import nn
 from fedleak.client.models import build_model
 from fedleak.client.public_data import load_public
 from fedleak.client.weights import save_weights
+from fedleak.device import resolve_device
 from fedleak.errors import ConfigError
 from fedleak.io import write_json
 
@@ -42,6 +46,7 @@ class VictimPlan:
     batch_size: int = 64
     seed: int = 0
     width: float = 1.0
+    device: str = "cpu"
 
     def validate(self) -> "VictimPlan":
         if not isinstance(self.epochs, int) or not 0 <= self.epochs <= 1000:
@@ -89,7 +94,8 @@ def _snapshot(model: nn.Module, plan: VictimPlan, out: Path, epoch: int, loss: O
               test: tuple[torch.Tensor, torch.Tensor]) -> dict:
     path = out / f"{plan.stem}-e{epoch}.safetensors"
     acc = accuracy(model, *test)
-    sha = save_weights(model, path, metadata={"fedleak_victim": json.dumps({"epoch": epoch, "test_accuracy": acc})})
+    on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    sha = save_weights(on_cpu, path, metadata={"fedleak_victim": json.dumps({"epoch": epoch, "test_accuracy": acc})})
     return {"epoch": epoch, "file": path.name, "sha256": sha, "train_loss": loss, "test_accuracy": acc}
 
 
@@ -97,26 +103,29 @@ def train_victim(plan: VictimPlan, out: str | Path, command: Optional[str] = Non
                  log: Callable[[str], None] = print) -> dict:
     """Train ``plan.model`` on ``plan.data`` and write the snapshots and the card into ``out``; returns the card."""
     plan.validate()
+    dev = resolve_device(plan.device)  # before anything is written: cuda without CUDA is refused first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = load_public(plan.data, "train", plan.size), load_public(plan.data, "test", plan.size)
     n_cls = int(train.labels.max()) + 1
     kwargs = dict(num_classes=n_cls, image_size=plan.size, width=plan.width, seed=plan.seed)
-    model = build_model(plan.model, **kwargs)
+    model = build_model(plan.model, **kwargs).to(dev)
+    train_x, train_y = train.images.to(dev), train.labels.to(dev)
+    test_xy = (test.images.to(dev), test.labels.to(dev))
     opt = torch.optim.Adam(model.parameters(), lr=plan.lr)
     gen = torch.Generator().manual_seed(plan.seed + 1)
     t0 = time.perf_counter()
-    snaps = [_snapshot(model, plan, out, 0, None, (test.images, test.labels))] if 0 in plan.snapshots else []
+    snaps = [_snapshot(model, plan, out, 0, None, test_xy)] if 0 in plan.snapshots else []
     for epoch in range(1, plan.epochs + 1):
-        loss = train_epoch(model, opt, train.images, train.labels, plan.batch_size, gen)
+        loss = train_epoch(model, opt, train_x, train_y, plan.batch_size, gen)
         if epoch in plan.snapshots:
-            snaps.append(_snapshot(model, plan, out, epoch, loss, (test.images, test.labels)))
+            snaps.append(_snapshot(model, plan, out, epoch, loss, test_xy))
             log(f"epoch {epoch}/{plan.epochs}: train loss {loss:.4f}, test accuracy {snaps[-1]['test_accuracy']:.3f}")
     card = {
         "model": plan.model, "model_kwargs": kwargs,
         "data": {"name": plan.data, "size": plan.size, "train_images": len(train.labels),
                  "test_images": len(test.labels), "split": "seeded 80/20 (fedleak.client.public_data)"},
-        "plan": asdict(plan), "snapshots": snaps, "seconds": round(time.perf_counter() - t0, 2),
+        "plan": asdict(plan), "device": str(dev), "snapshots": snaps, "seconds": round(time.perf_counter() - t0, 2),
         "command": command or " ".join(sys.argv), "torch": torch.__version__, "python": platform.python_version(),
     }
     write_json(out / f"{plan.stem}.json", card)

@@ -3,6 +3,10 @@
 :func:`run_engine` is the two in sequence. A stage is one :class:`~fedleak.attacks.engine.options.EngineConfig`;
 the :class:`Problem` (the received update, recovered labels, the simulated client and the matcher) is what the
 stages of a multi-stage attack share.
+
+The problem is set up on :func:`fedleak.device.current_device` (the CPU unless the runner's ``device`` says
+otherwise): labels are recovered on the CPU first, then the model, the target and the labels move; random draws
+stay on CPU generators, so a seed means the same start on every device. Results come back on the CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from fedleak.attacks.engine.precision import resolve_precision
 from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import Matcher, matching_mode
 from fedleak.attacks.simulate import ForwardModel
+from fedleak.device import current_device
 from fedleak.errors import ConfigError, NumericalError
 
 
@@ -73,6 +78,7 @@ class Problem:
     autocast: Optional[torch.dtype]
     shape: tuple[int, ...]
     start: Optional[torch.Tensor] = None  # the images ``init: previous`` starts from (the previous stage's)
+    device: torch.device = torch.device("cpu")
 
     def simulate(self, x, y, soft):
         u = self.update
@@ -102,15 +108,20 @@ def prepare(view, update, cfg: EngineConfig, parts: Parts) -> Problem:
         target = {k: v / update.lr for k, v in target.items()}
     target = {k: v.to(dtype) for k, v in target.items()}
     labels, label_method = resolve_labels(cfg, view, update, model, target)
+    device = current_device()
+    if device.type != "cpu":
+        model.to(device)
+        target = {k: v.to(device) for k, v in target.items()}
+        labels = labels.to(device) if labels is not None else None
     mode = matching_mode(update.obfuscation, cfg.aware)
     quant_levels = (int(update.obfuscation[-1].get("levels", 0)) or None) if mode == "quant" else None
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    autocast = resolve_precision(cfg, view.batch_size)
+    autocast = resolve_precision(cfg, view.batch_size, device)
     fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast, autocast)
     matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, params), tuple(fwd.big), quant_levels)
     return Problem(view, update, labels, label_method, mode, fwd, matcher, autocast,
-                   (view.batch_size, *view.image_shape))
+                   (view.batch_size, *view.image_shape), device=device)
 
 
 def run_engine(view, update, cfg: EngineConfig, callback=None) -> Reconstruction:
@@ -136,6 +147,7 @@ def reconstruction(problem: Problem, cfg: EngineConfig, best: dict, history: lis
         "label_method": problem.label_method,
         "matching_mode": problem.mode,
         "precision": str(problem.autocast).replace("torch.", "") if problem.autocast is not None else "float32",
+        "device": str(problem.device),
         "fast_layers": sorted(problem.fwd.big),
         "best_loss": best["loss"],
         "best_restart": best.get("restart"),
@@ -143,7 +155,8 @@ def reconstruction(problem: Problem, cfg: EngineConfig, best: dict, history: lis
         "interrupted": interrupted,
         "iterations_run": len(history),
     }
-    return Reconstruction(images=best["images"].clamp(0, 1).float(), labels=best["labels"], loss_history=history,
+    labels = best["labels"].cpu() if best["labels"] is not None else None
+    return Reconstruction(images=best["images"].clamp(0, 1).float().cpu(), labels=labels, loss_history=history,
                           info=info)
 
 
@@ -207,10 +220,12 @@ class _Run:
 
 def _start(cfg: EngineConfig, parts: Parts, problem: Problem, gen: torch.Generator, state: Optional[dict]) -> _Run:
     latent = Latent(cfg, problem.shape, gen, getattr(torch, cfg.dtype), parts.param, problem.start)
+    if problem.device.type != "cpu":  # drawn from the CPU generator, optimised on the device
+        latent.z = latent.z.detach().to(problem.device).requires_grad_(True)
     label_param = None
     if problem.labels is None:
         label_param = torch.randn((problem.shape[0], problem.view.num_classes), generator=gen)
-        label_param = label_param.to(latent.z.dtype).requires_grad_(True)
+        label_param = label_param.to(problem.device, latent.z.dtype).requires_grad_(True)
     variables = [latent.z] + ([label_param] if label_param is not None else [])
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(variables, lr=cfg.lr)
@@ -228,7 +243,9 @@ def _start(cfg: EngineConfig, parts: Parts, problem: Problem, gen: torch.Generat
 
 def _objective(run: _Run, problem: Problem, parts: Parts, cfg: EngineConfig) -> Callable[[], tuple]:
     """(matching loss + weighted priors, matching loss) of the current latent."""
-    terms = parts.prior_terms(cfg, max(run.latent.size))
+    fwd = problem.fwd
+    terms = [(w, prior.for_model(fwd.model, fwd.params, fwd.buffers))
+             for w, prior in parts.prior_terms(cfg, max(run.latent.size))]
     soft = problem.labels is None
 
     def objective():
@@ -236,8 +253,8 @@ def _objective(run: _Run, problem: Problem, parts: Parts, cfg: EngineConfig) -> 
         y = run.label_param if soft else problem.labels
         loss = problem.matcher(problem.simulate(x, y, soft))
         total = loss
-        for w, prior in terms:
-            total = total + w * prior.penalty(x)
+        for w, penalty in terms:
+            total = total + w * penalty(x)
         return total, loss
 
     return objective
@@ -283,7 +300,7 @@ def _progress(cfg: EngineConfig, run: _Run, r: int, lval: float, best: dict, t_s
     return {"iteration": run.it, "iterations": cfg.iterations, "restart": r, "restarts": cfg.restarts,
             "loss": lval, "best_loss": min(run.best["loss"], best["loss"]),
             "elapsed": time.perf_counter() - t_start,
-            "images": lambda: latent.images().detach().clamp(0, 1)}
+            "images": lambda: latent.images().detach().clamp(0, 1).cpu()}
 
 
 def _roll_back(cfg: EngineConfig, run: _Run, good: dict, nan_restarts: int, r: int) -> int:
