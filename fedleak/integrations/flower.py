@@ -234,8 +234,11 @@ class _AuditCore:
                     param_names: Optional[list[str]] = None, seed: int = 0, max_batch: int = 64,
                     metrics: Optional[dict] = None, on_record: Optional[Callable[[dict], None]] = None,
                     threads: Optional[int] = None, arrayrecord_key: str = "arrays",
-                    examples_key: str = "num-examples") -> None:
+                    examples_key: str = "num-examples", device: str = "auto") -> None:
+        from fedleak.device import resolve_device
         from fedleak.metrics.options import metric_options
+
+        self.device = resolve_device(device)  # where the audit's attacks compute (auto: CUDA when present)
 
         self.strategy = strategy
         self.attack_config = _attack_section(attack_config, seed)
@@ -320,6 +323,7 @@ class _AuditCore:
     def _attack_and_score(self, server_round: int, reply: ClientReply, rec: dict, t0: float) -> None:
         """Rebuild what the server received, attack it, score it (when the truth is known), save it."""
         from fedleak.attacks import attack
+        from fedleak.device import using_device
 
         sent, received, names = reply.arrays()
         update = build_update(sent, received, names, self._param_names, reply.metrics, reply.num_examples,
@@ -328,7 +332,8 @@ class _AuditCore:
                    bits_per_parameter=update.stats.get("bits_per_parameter"))
         view = self._server_view(names, sent, int(reply.num_examples))
         torch.manual_seed(self.seed * 1_000_003 + server_round)
-        result = attack(self.attack_config, view, update)
+        with using_device(self.device):
+            result = attack(self.attack_config, view, update)
         rec["attack_seconds"] = round(time.perf_counter() - t0, 3)
         hist = [float(v) for v in result.loss_history]
         rec.update(iterations=len(hist), final_loss=hist[-1] if hist and math.isfinite(hist[-1]) else None,
