@@ -7,6 +7,7 @@ validation; the value is parsed as a YAML scalar/flow value. Every problem becom
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,12 @@ class RunConfig(_Strict):
         return self
 
     _sections: Optional[Sections] = PrivateAttr(default=None)
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        """What loading decided for the user (:mod:`fedleak.config.ownership`), for ``run.log``."""
+        return self._notices
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -409,10 +416,20 @@ def _check_names(cfg: RunConfig) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """``overrides`` follow the no-silent-override rule (:mod:`fedleak.config.ownership`); its notices are
+    logged (``fedleak.config``) and kept in :attr:`RunConfig.notices`."""
+    from fedleak.config.ownership import drop_foreign_attack_options
+
     raw = copy.deepcopy(base) if base is not None else load_raw(path)
+    file_attack = copy.deepcopy(raw.get("attack"))
     for ov in overrides or []:
         apply_override(raw, ov)
-    return validate(raw)
+    notices = drop_foreign_attack_options(raw, file_attack, list(overrides or []))
+    cfg = validate(raw)
+    for n in notices:
+        logging.getLogger("fedleak.config").warning(n)
+    cfg._notices = notices
+    return cfg
 
 
 def as_config(config: Any = None, overrides: list[str] | None = None) -> RunConfig:

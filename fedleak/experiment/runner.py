@@ -224,6 +224,8 @@ def prepare(config: Any = None, overrides: Optional[list[str]] = None, force: bo
     from fedleak.experiment.resources import check as check_memory
 
     cfg = as_config(config, overrides)
+    for notice in cfg.notices if log is not None else []:
+        log(notice)
     est = check_memory(cfg, force=force, log=log)
     return Plan(cfg=cfg, attack=dict(cfg.sections.attack), memory=est)
 
@@ -309,6 +311,8 @@ def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bo
     seconds = time.perf_counter() - t0
     interrupted = bool(rec.info.get("interrupted", False))
     hist = [float(v) for v in rec.loss_history]
+    for note in rec.info.get("notes", []):
+        log(note)
     log(f"attack {'INTERRUPTED' if interrupted else 'finished'} after {len(hist)} iteration(s) in "
         f"{seconds:.2f}s" + (f", final loss {hist[-1]:.6g}" if hist else ""))
     return Attacked(rec=rec, history=hist, interrupted=interrupted, planned=cb.last.get("iterations"),

@@ -1,8 +1,8 @@
 """Multi-stage attacks: a sequence of engine stages, each starting from the images the previous one ended with.
 
 A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus ``sign_iterations``,
-the stage's budget for sign-compressed updates, used only when the user did not set that stage's
-``iterations``). Options that describe the attacked problem or the run rather than the optimisation
+the stage's budget for sign-compressed updates; ``iterations`` is the budget for every other update, and
+``sign_iterations: null`` means the same as ``iterations``). Options that describe the attacked problem or the run rather than the optimisation
 (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
 for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
 its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
@@ -12,7 +12,8 @@ Setting stage options (stages are numbered from 0):
 
 * ``--set attack.stages.1.iterations=300`` (or ``stages: {1: {iterations: 300}}`` in a config, or
   ``fedleak.attack("rog-refine", view, update, stages={1: {"lr": 0.02}})``): a mapping of stage index ->
-  options, merged into the preset's stages. Setting a stage's ``iterations`` drops that stage's sign budget.
+  options, merged into the preset's stages. A stage's ``iterations`` does not change its sign budget: set
+  ``stages.1.sign_iterations`` for that (the no-silent-override rule, README "Budgets").
 * ``stages: [{...}, {...}]``: a full list of stage definitions (each over the engine defaults), replacing the
   preset's.
 
@@ -73,7 +74,7 @@ def _stage(i: int, raw: Any) -> StageOptions:
 
 def merge_stages(preset: list[dict], given: Any) -> list[dict]:
     """The stage definitions: ``given`` as a full list, or a mapping of stage index -> options merged into
-    ``preset`` (an explicit ``iterations`` there drops the stage's ``sign_iterations``)."""
+    ``preset``."""
     if isinstance(given, (list, tuple)):
         return list(given)
     if not isinstance(given, dict):
@@ -86,8 +87,6 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
             raise ValueError(f"stages.{key}: no such stage (stages are numbered 0 to {len(out) - 1})")
         if not isinstance(over, dict):
             raise ValueError(f"stages.{key} must be a mapping of options, got {type(over).__name__}")
-        if "iterations" in over and "sign_iterations" not in over:
-            out[idx].pop("sign_iterations", None)
         out[idx] = {**out[idx], **over}
     return out
 
