@@ -319,7 +319,7 @@ def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bo
                     seconds=seconds)
 
 
-def enhance_stage(cfg, rec, view, log: RunLog) -> tuple[Optional[torch.Tensor], float]:
+def enhance_stage(cfg, rec, view, log: RunLog, update=None) -> tuple[Optional[torch.Tensor], float]:
     """Stage 4 (when an enhancer is configured): server-side post-processing of the reconstruction;
     returns ``(enhanced images or None, seconds)``."""
     if not cfg.sections.enhancer_enabled:
@@ -327,9 +327,10 @@ def enhance_stage(cfg, rec, view, log: RunLog) -> tuple[Optional[torch.Tensor], 
     from fedleak.enhance import enhance
 
     t0 = time.perf_counter()
-    enhanced = enhance(rec.images, view, cfg.sections.enhancer)
+    enhanced = enhance(rec.images, view, cfg.sections.enhancer, update=update, rec=rec)
     seconds = time.perf_counter() - t0
-    log(f"enhancer {cfg.enhancer} ran in {seconds:.2f}s")
+    log(f"enhancer {cfg.enhancer} ran in {seconds:.2f}s"
+        + (f"; accepted blend weights {rec.info['enhancer_blend']}" if "enhancer_blend" in rec.info else ""))
     return enhanced, seconds
 
 
@@ -475,7 +476,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
     try:
         client = client_stage(plan.cfg, folder.path, log)
         att = attack_stage(plan, folder, client, progress, log)
-        enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log)
+        enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log, client.update)
         scores = evaluate_stage(plan.cfg, client.case, att.rec, enhanced, log)
         metrics = _metrics_doc(plan, folder.path, client, att, scores, t_enh)
         metrics = write_stage(plan, folder, client, att, enhanced, scores, metrics, t_all, log)

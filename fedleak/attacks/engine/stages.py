@@ -35,7 +35,7 @@ from pydantic import ConfigDict, Field, create_model, field_validator, model_val
 
 from fedleak.attacks.base import Reconstruction
 from fedleak.attacks.engine.checkpoint import config_key
-from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, _layer_weights
+from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, resolve_labels, _layer_weights
 from fedleak.attacks.engine.options import EngineConfig
 from fedleak.attacks.engine.parts import Parts, resolve_parts
 from fedleak.attacks.matching import Matcher
@@ -216,3 +216,32 @@ def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reco
     rec = reconstruction(problem, cfg, best, carry["history"], interrupted, t_start)
     rec.info.update({"stages": carry["stages"], "stage": carry["stage"] - 1})
     return rec
+
+
+def attack_objective(view, update, attack_config: dict, labels: Optional[torch.Tensor] = None, priors: bool = True):
+    """The server-side objective of a finished attack, for judging candidate images after it (the enhancer's
+    acceptance test, :mod:`fedleak.enhance.stage`): ``(score, close)`` where ``score(images)`` is the matching
+    loss of ``images`` against ``update`` -- plus the last stage's weighted priors when ``priors`` -- with the
+    attack's loss, matching mode and labels (``labels``: the reconstruction's, else recovered as the attack
+    did). ``attack_config`` is a reconstruction's ``info["attack_config"]``. Uses only the server's view."""
+    keep = {k: v for k, v in attack_config.items() if k in EngineConfig.model_fields}
+    cfg = EngineConfig(**{**keep, "checkpoint": None, "init": "uniform" if keep.get("init") == "previous"
+                          else keep.get("init", "uniform")})
+    parts = resolve_parts(cfg)
+    problem = prepare(view, update, cfg, parts)
+    y = labels.long() if labels is not None else problem.labels
+    soft = y is None
+    if soft:  # soft labels were optimised: judge with the labels read off the last layer instead
+        y = resolve_labels(cfg.model_copy(update={"labels": "llg"}), view, update, problem.fwd.model,
+                           problem.matcher.target)[0]
+    terms = parts.prior_terms(cfg, max(problem.shape[-2:])) if priors else []
+
+    def score(images: torch.Tensor) -> float:
+        x = images.detach().to(getattr(torch, cfg.dtype))
+        with torch.enable_grad():
+            total = problem.matcher(problem.simulate(x, y, False))
+            for w, prior in terms:
+                total = total + w * prior.penalty(x)
+        return float(total.detach())
+
+    return score, problem.fwd.close
