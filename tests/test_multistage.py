@@ -75,7 +75,7 @@ def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations()
 
 def test_single_stage_presets_are_unchanged():
     assert PRESETS["rog"]["iterations"] == 100 and "rog-refine" not in PRESETS
-    assert fedleak.load_config().attack == {"name": "rog"}
+    assert fedleak.load_config().attack == {"name": "rog-refine"}  # the default attack
 
 
 @pytest.mark.parametrize("section, match", [

@@ -238,7 +238,7 @@ def test_attack_seed_follows_declared_capability(tmp_path):
     assert "seed" not in load_config(base={"seed": 7, "attack": {"name": GREY_ATTACK}}).sections.attack
     cfg = load_config(base={"seed": 7})
     cfg.seed = 9  # the resolved sections follow an assignment
-    assert cfg.sections.attack == {"name": "rog", "seed": 9}
+    assert cfg.sections.attack == {"name": "rog-refine", "seed": 9}
     run_dir, _ = fedleak.run({"seed": 3, "threads": 1, "data": {"size": 16, "batch_size": 1},
                               "attack": {"name": GREY_ATTACK}}, out=tmp_path / "grey", progress=False)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["attack"] == {"name": GREY_ATTACK}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_ATTACK = "rog"
+#: the attack of a config that names none (``fedleak run`` with no config, the README demo)
+DEFAULT_ATTACK = "rog-refine"
 
 
 def attack_name(section: Any) -> str:

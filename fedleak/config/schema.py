@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedleak.config.ownership import DEFAULT_ATTACK
 from fedleak.config.pipeline import parse_pipeline as _parse_pipeline
 from fedleak.errors import ConfigError
 from fedleak.metrics.options import MetricOptions, metric_options
@@ -113,7 +114,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     obfuscation: list[dict[str, Any]] = Field(default_factory=list)
-    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "rog"})
+    attack: dict[str, Any] = Field(default_factory=lambda: {"name": DEFAULT_ATTACK})
     enhancer: dict[str, Any] = Field(default_factory=lambda: {"name": "none"})
     metrics: dict[str, Any] = Field(default_factory=dict)
     server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
@@ -143,7 +144,7 @@ class RunConfig(_Strict):
     @field_validator("attack", "enhancer", "server", mode="before")
     @classmethod
     def _named(cls, v, info):
-        default = {"attack": "rog", "enhancer": "none", "server": "honest"}[info.field_name]
+        default = {"attack": DEFAULT_ATTACK, "enhancer": "none", "server": "honest"}[info.field_name]
         if isinstance(v, str):
             return {"name": v}
         if v is None:
