@@ -22,7 +22,7 @@ On top of the staged preset, with the acceptance test (``accept: loss``, docs/en
 (old and new), on the first 8 images:
 
     python benchmarks/enhancer.py [DATA] --attack rog-refine --limit 8 --batch 8 --settings none,qsgd4,topk99 \
-        --cache /tmp/best/bench --weights OLD.safetensors NEW.safetensors --accept
+        --cache /tmp/best/bench --weights OLD.safetensors NEW.safetensors --accept loss objective
 
 DATA defaults to ``../shared/data/imagenet-val-sample`` relative to the repository. Metrics are the means
 over all images (PSNR on 0..255, windowed SSIM, ROG's global YCrCb SSIM); see ``fedleak.metrics``.
@@ -109,19 +109,20 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int, limit: 
                   f"{m['psnr']:.2f} dB SSIM {m['ssim']:.4f}", flush=True)
 
 
-def _methods(weights: list[str] | None, accept: bool) -> dict:
-    """Name -> enhancer section; with ``accept`` every enhancer also with its acceptance test."""
+def _methods(weights: list[str] | None, accept: list[str] | None) -> dict:
+    """Name -> enhancer section; for each mode in ``accept`` every enhancer also with that acceptance test."""
     out = {"raw": None, "classical": {"name": "classical", "accept": "none"}}
     for i, w in enumerate(weights or [None]):
         tag = "learned" if not weights or len(weights) == 1 else f"learned[{i}]"
         out[tag] = {"name": "learned", "accept": "none", **({"weights": w} if w else {})}
-    if accept:
-        out.update({f"{k}+accept": {**v, "accept": "loss"} for k, v in list(out.items()) if v is not None})
+    for mode in accept or []:
+        out.update({f"{k}+{mode}": {**v, "accept": mode} for k, v in list(out.items())
+                    if v is not None and v["accept"] == "none"})
     return out
 
 
 def score(data: str, cache: Path, settings: list[str], batch: int, weights: list[str] | None,
-          accept: bool = False, limit: int | None = None) -> dict:
+          accept: list[str] | None = None, limit: int | None = None) -> dict:
     """Long: one loop over settings x batches x methods, kept in one place so the scoring is visibly the same
     for every method."""
     import types
@@ -200,7 +201,8 @@ def main(argv=None) -> int:
                     help="learned enhancer weights, one or more files (default: the shipped ones)")
     ap.add_argument("--attack", default="rog", choices=["rog", "rog-refine"], help="the attack to enhance")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")
-    ap.add_argument("--accept", action="store_true", help="also score each enhancer with its acceptance test")
+    ap.add_argument("--accept", nargs="*", default=None, choices=["loss", "objective"],
+                    help="also score each enhancer with these acceptance tests (no value: loss)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -216,7 +218,8 @@ def main(argv=None) -> int:
     if args.stage in ("attack", "all"):
         run_attacks(args.data, cache, settings, args.batch, args.limit)
     if args.stage in ("score", "all"):
-        res = score(args.data, cache, settings, args.batch, args.weights, args.accept, args.limit)
+        accept = None if args.accept is None else (args.accept or ["loss"])
+        res = score(args.data, cache, settings, args.batch, args.weights, accept, args.limit)
         print(table(res))
         if args.json:
             meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": "2-core CPU container",
