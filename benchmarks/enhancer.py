@@ -109,20 +109,23 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int, limit: 
                   f"{m['psnr']:.2f} dB SSIM {m['ssim']:.4f}", flush=True)
 
 
-def _methods(weights: list[str] | None, accept: list[str] | None) -> dict:
+def _methods(weights: list[str] | None, accept: list[str] | None, margin: float = 0.0,
+             classical: bool = True) -> dict:
     """Name -> enhancer section; for each mode in ``accept`` every enhancer also with that acceptance test."""
-    out = {"raw": None, "classical": {"name": "classical", "accept": "none"}}
+    out = {"raw": None, **({"classical": {"name": "classical", "accept": "none"}} if classical else {})}
     for i, w in enumerate(weights or [None]):
         tag = "learned" if not weights or len(weights) == 1 else f"learned[{i}]"
         out[tag] = {"name": "learned", "accept": "none", **({"weights": w} if w else {})}
     for mode in accept or []:
-        out.update({f"{k}+{mode}": {**v, "accept": mode} for k, v in list(out.items())
+        tag = mode + (f"(margin {margin:g})" if margin else "")
+        out.update({f"{k}+{tag}": {**v, "accept": mode, "margin": margin} for k, v in list(out.items())
                     if v is not None and v["accept"] == "none"})
     return out
 
 
 def score(data: str, cache: Path, settings: list[str], batch: int, weights: list[str] | None,
-          accept: list[str] | None = None, limit: int | None = None) -> dict:
+          accept: list[str] | None = None, limit: int | None = None, margin: float = 0.0,
+          classical: bool = True) -> dict:
     """Long: one loop over settings x batches x methods, kept in one place so the scoring is visibly the same
     for every method."""
     import types
@@ -133,7 +136,7 @@ def score(data: str, cache: Path, settings: list[str], batch: int, weights: list
     from fedleak.experiment.case import Case
     from fedleak.enhance.stage import enhance
 
-    methods = _methods(weights, accept)
+    methods = _methods(weights, accept, margin, classical)
     results: dict = {}
     for setting in settings:
         per = {m: {"psnr": [], "ssim": [], "ssim_rog": []} for m in methods}
@@ -201,6 +204,8 @@ def main(argv=None) -> int:
                     help="learned enhancer weights, one or more files (default: the shipped ones)")
     ap.add_argument("--attack", default="rog", choices=["rog", "rog-refine"], help="the attack to enhance")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ap.add_argument("--margin", type=float, default=0.0, help="the acceptance test's margin (relative loss decrease)")
+    ap.add_argument("--no-classical", action="store_true", help="leave the classical enhancer out")
     ap.add_argument("--accept", nargs="*", default=None, choices=["loss", "objective"],
                     help="also score each enhancer with these acceptance tests (no value: loss)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -219,7 +224,8 @@ def main(argv=None) -> int:
         run_attacks(args.data, cache, settings, args.batch, args.limit)
     if args.stage in ("score", "all"):
         accept = None if args.accept is None else (args.accept or ["loss"])
-        res = score(args.data, cache, settings, args.batch, args.weights, accept, args.limit)
+        res = score(args.data, cache, settings, args.batch, args.weights, accept, args.limit, args.margin,
+                    not args.no_classical)
         print(table(res))
         if args.json:
             meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": "2-core CPU container",

@@ -156,14 +156,15 @@ def plot(results: dict, path: str, title: str) -> None:
             ts = sorted({p["cpu"] for b in bs for p in b["points"]})
             xy = [(t, v[0]) for t in ts if (v := at_budget(bs, t)) is not None]
             if xy:
-                ax.step([x for x, _ in xy], [y for _, y in xy], where="post", label=name)
+                style = {"rog": dict(lw=3.5, alpha=0.45), "rog-refine": dict(lw=1.4)}.get(name, dict(lw=1.4))
+                ax.step([x for x, _ in xy], [y for _, y in xy], where="post", label=name, **style)
         ax.set_xscale("log")
         ax.set_title(row)
         ax.set_xlabel("attack CPU seconds per batch (1 thread)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean PSNR (dB) of the answer at that budget")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title + " (rog-refine's first stage is rog: the lines coincide until rog ends)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

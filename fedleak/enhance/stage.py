@@ -74,6 +74,8 @@ class Acceptance(Options):
 
     accept: Literal["loss", "objective", "none"] = "loss"
     blend: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    #: a blend replaces the current image only when it lowers the loss by more than this fraction
+    margin: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("blend")
     @classmethod
@@ -166,7 +168,7 @@ def accept_blend(raw: torch.Tensor, enhanced: torch.Tensor, view: Any, update: A
             for a in acceptance.blend[1:]:
                 cur[i] = ((1 - a) * raw[i] + a * enhanced[i]).clamp(0, 1)
                 val = score(cur)
-                if val < best:
+                if val < best * (1 - acceptance.margin):
                     best, chosen[i], keep = val, a, cur[i].clone()
             cur[i] = keep
     finally:
