@@ -133,7 +133,7 @@ def test_unknown_classical_option_lists_valid_options():
 def test_check_config_returns_every_option():
     for none in (None, "", "null", "none", "NONE", {"name": None}, {}):
         assert check_config(none) == {"name": "none"}
-    acc = {"accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0]}
+    acc = {"accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
     assert check_config("classical") == {"name": "classical", "method": "tv", "weight": None, "h": None, "scale": 4,
                                          **acc}
     assert check_config({"name": "classical", "method": "nlm", "h": 0}) == {
@@ -163,7 +163,7 @@ def test_registered_enhancer_is_reachable(monkeypatch):
     ENHANCERS.register("grey", doc="flat grey", options=GreyOptions)(
         Enhancer(run=lambda x, o: torch.full_like(x, o.level), check=checked.append))
     assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25, "accept": "loss",
-                                                             "blend": [0.0, 0.25, 0.5, 0.75, 1.0]}
+                                                             "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
     assert checked and checked[-1].level == 0.25
     out = fedleak.enhance.enhance(torch.rand(2, 3, 8, 8), None, {"name": "grey", "level": 0.25})
     assert out.shape == (2, 3, 8, 8) and torch.all(out == 0.25)
