@@ -23,7 +23,8 @@ typed options model. The ``enhancer:`` config section is a name or a mapping wit
 **Acceptance test** (any enhancer; ``accept: loss``, the default): when :func:`enhance` is given the update and
 the attack's reconstruction, each image is replaced by the blend ``(1 - a) raw + a enhanced`` with ``a`` in
 ``blend`` (default 0, 0.25, 0.5, 0.75, 1) only when that lowers the attack's gradient-matching loss against the
-update (greedy, one image after the other; ``accept: objective`` also counts the last stage's priors). ``a = 0``
+update (greedy, one image after the other, evaluated in float32; ``accept: objective`` also counts the last
+stage's priors). ``a = 0``
 (the raw image) is always a candidate, so the loss never increases. It uses only the server's view: the update,
 the model and the attack's own labels. ``accept: none`` (or no update given) returns the enhanced images as is.
 """

@@ -225,8 +225,9 @@ def attack_objective(view, update, attack_config: dict, labels: Optional[torch.T
     attack's loss, matching mode and labels (``labels``: the reconstruction's, else recovered as the attack
     did). ``attack_config`` is a reconstruction's ``info["attack_config"]``. Uses only the server's view."""
     keep = {k: v for k, v in attack_config.items() if k in EngineConfig.model_fields}
-    cfg = EngineConfig(**{**keep, "checkpoint": None, "init": "uniform" if keep.get("init") == "previous"
-                          else keep.get("init", "uniform")})
+    # float32: candidates differ little, and bfloat16 rounding of the simulated update would decide between them
+    cfg = EngineConfig(**{**keep, "checkpoint": None, "precision": "float32",
+                          "init": "uniform" if keep.get("init") == "previous" else keep.get("init", "uniform")})
     parts = resolve_parts(cfg)
     problem = prepare(view, update, cfg, parts)
     y = labels.long() if labels is not None else problem.labels
