@@ -18,6 +18,12 @@ Two stages, so the (slow) attacks run once:
     python benchmarks/enhancer.py [DATA] --stage attack       # only fill the cache
     python benchmarks/enhancer.py [DATA] --stage score --json /tmp/h4/bench.json
 
+On top of the staged preset, with the acceptance test (``accept: loss``, docs/enhancer.md) and two weight files
+(old and new), on the first 8 images:
+
+    python benchmarks/enhancer.py [DATA] --attack rog-refine --limit 8 --batch 8 --settings none,qsgd4,topk99 \
+        --cache /tmp/best/bench --weights OLD.safetensors NEW.safetensors --accept loss objective
+
 DATA defaults to ``../shared/data/imagenet-val-sample`` relative to the repository. Metrics are the means
 over all images (PSNR on 0..255, windowed SSIM, ROG's global YCrCb SSIM); see ``fedleak.metrics``.
 """
@@ -41,22 +47,28 @@ LABELS = {"none": "no obfuscation", "qsgd16": "QSGD-16", "qsgd4": "QSGD-4", "top
           "sign": "signSGD", "fedavg5": "FedAvg tau=5"}
 
 
+#: the attack whose outputs are enhanced (``--attack``); ``rog`` takes the settings' attack overrides
+ATTACK = {"name": "rog"}
+
+
 def case_config(data: str, setting: str, start: int, batch: int, seed: int = 0) -> dict:
     s = SETTINGS[setting]
+    extra = s.get("attack", {}) if ATTACK["name"] == "rog" else {}
     return {
         "seed": seed,
         "data": {"source": str(data), "size": 128, "resize": "stretch", "batch_size": batch, "start": start},
         "model": {"name": "lenet", "num_classes": 1000},
         "protocol": s.get("protocol", {"name": "fedsgd", "lr": 0.003}),
         "obfuscation": s["obfuscation"],
-        "attack": {"name": "rog", "seed": seed, **s.get("attack", {})},
+        "attack": {"name": ATTACK["name"], "seed": seed, **extra},
     }
 
 
-def batches(data: str, batch: int) -> list[tuple[int, int]]:
+def batches(data: str, batch: int, limit: int | None = None) -> list[tuple[int, int]]:
     from fedleak.client.data import _list_folder
 
     n = len(_list_folder(Path(data)))
+    n = min(n, limit) if limit else n
     return [(s, min(batch, n - s)) for s in range(0, n, batch)]
 
 
@@ -64,7 +76,7 @@ def _key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_attacks(data: str, cache: Path, settings: list[str], batch: int) -> None:
+def run_attacks(data: str, cache: Path, settings: list[str], batch: int, limit: int | None = None) -> None:
     import torch
 
     import fedleak
@@ -72,7 +84,7 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int) -> None
 
     cache.mkdir(parents=True, exist_ok=True)
     for setting in settings:
-        for start, n in batches(data, batch):
+        for start, n in batches(data, batch, limit):
             cfg = case_config(data, setting, start, n)
             f = cache / f"{setting}_s{start}.pt"
             if f.is_file() and torch.load(f, weights_only=True).get("key") == _key(cfg):
@@ -88,7 +100,8 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int) -> None
             blob = {"key": _key(cfg), "images": rec.images.detach().float().contiguous(),
                     "labels": torch.as_tensor(rec.labels), "true": case.images.contiguous(),
                     "true_labels": case.labels, "seconds": torch.tensor(dt),
-                    "iterations": torch.tensor(len(rec.loss_history))}
+                    "iterations": torch.tensor(len(rec.loss_history)),
+                    "attack_config": json.dumps(rec.info["attack_config"])}
             tmp = f.with_suffix(".tmp")
             torch.save(blob, tmp)
             tmp.replace(f)
@@ -96,20 +109,39 @@ def run_attacks(data: str, cache: Path, settings: list[str], batch: int) -> None
                   f"{m['psnr']:.2f} dB SSIM {m['ssim']:.4f}", flush=True)
 
 
-def score(data: str, cache: Path, settings: list[str], batch: int, weights: str | None) -> dict:
+def _methods(weights: list[str] | None, accept: list[str] | None, margin: float = 0.0,
+             classical: bool = True) -> dict:
+    """Name -> enhancer section; for each mode in ``accept`` every enhancer also with that acceptance test."""
+    out = {"raw": None, **({"classical": {"name": "classical", "accept": "none"}} if classical else {})}
+    for i, w in enumerate(weights or [None]):
+        tag = "learned" if not weights or len(weights) == 1 else f"learned[{i}]"
+        out[tag] = {"name": "learned", "accept": "none", **({"weights": w} if w else {})}
+    for mode in accept or []:
+        tag = mode + (f"(margin {margin:g})" if margin else "")
+        out.update({f"{k}+{tag}": {**v, "accept": mode, "margin": margin} for k, v in list(out.items())
+                    if v is not None and v["accept"] == "none"})
+    return out
+
+
+def score(data: str, cache: Path, settings: list[str], batch: int, weights: list[str] | None,
+          accept: list[str] | None = None, limit: int | None = None, margin: float = 0.0,
+          classical: bool = True) -> dict:
+    """Long: one loop over settings x batches x methods, kept in one place so the scoring is visibly the same
+    for every method."""
+    import types
+
     import torch
 
     import fedleak
     from fedleak.experiment.case import Case
     from fedleak.enhance.stage import enhance
 
-    methods = {"raw": None, "classical": {"name": "classical"},
-               "learned": {"name": "learned", **({"weights": weights} if weights else {})}}
+    methods = _methods(weights, accept, margin, classical)
     results: dict = {}
     for setting in settings:
         per = {m: {"psnr": [], "ssim": [], "ssim_rog": []} for m in methods}
         secs = {m: 0.0 for m in methods}
-        for start, n in batches(data, batch):
+        for start, n in batches(data, batch, limit):
             cfg = case_config(data, setting, start, n)
             f = cache / f"{setting}_s{start}.pt"
             if not f.is_file():
@@ -117,10 +149,15 @@ def score(data: str, cache: Path, settings: list[str], batch: int, weights: str 
             blob = torch.load(f, weights_only=True)
             if blob.get("key") != _key(cfg):
                 raise SystemExit(f"{f} was made with other settings: run --stage attack again")
-            view = Case(cfg).server_view()  # what the server knows; the enhancer never sees blob['true']
+            case = Case(cfg)
+            view = case.server_view()  # what the server knows; the enhancer never sees blob['true']
+            update = case.client_update() if accept else None  # what the server received
+            rec = types.SimpleNamespace(images=blob["images"], labels=blob["labels"],
+                                        info={"attack_config": json.loads(blob["attack_config"])}) if accept else None
             for m, ecfg in methods.items():
                 t0 = time.perf_counter()
-                out = blob["images"] if ecfg is None else enhance(blob["images"].clone(), view, ecfg)
+                out = blob["images"] if ecfg is None else enhance(blob["images"].clone(), view, ecfg, update=update,
+                                                                  rec=rec)
                 secs[m] += time.perf_counter() - t0
                 ev = fedleak.evaluate(blob["true"], out)
                 for k in per[m]:
@@ -131,7 +168,19 @@ def score(data: str, cache: Path, settings: list[str], batch: int, weights: str 
     return results
 
 
+def long_table(results: dict) -> str:
+    """One line per setting and method: PSNR / SSIM / ROG-SSIM and the PSNR change against raw."""
+    lines = ["| setting | method | PSNR | SSIM | ROG-SSIM | PSNR - raw | seconds |", "|---|---|---|---|---|---|---|"]
+    for s, r in results.items():
+        for m, v in r.items():
+            lines.append(f"| {LABELS.get(s, s)} | {m} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['ssim_rog']:.4f} | "
+                         f"{v['psnr'] - r['raw']['psnr']:+.2f} | {v['seconds']} |")
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
+    if any(set(r) != {"raw", "classical", "learned"} for r in results.values()):
+        return long_table(results)
     lines = ["| setting | raw PSNR | classical PSNR | learned PSNR | raw SSIM | classical SSIM | learned SSIM "
              "| raw ROG-SSIM | classical ROG-SSIM | learned ROG-SSIM | learned beats both |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -151,7 +200,14 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", choices=["attack", "score", "all"], default="all")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ",".join(SETTINGS))
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--weights", default=None, help="learned enhancer weights (default: the shipped ones)")
+    ap.add_argument("--weights", nargs="+", default=None,
+                    help="learned enhancer weights, one or more files (default: the shipped ones)")
+    ap.add_argument("--attack", default="rog", choices=["rog", "rog-refine"], help="the attack to enhance")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ap.add_argument("--margin", type=float, default=0.0, help="the acceptance test's margin (relative loss decrease)")
+    ap.add_argument("--no-classical", action="store_true", help="leave the classical enhancer out")
+    ap.add_argument("--accept", nargs="*", default=None, choices=["loss", "objective"],
+                    help="also score each enhancer with these acceptance tests (no value: loss)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -163,10 +219,13 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown setting(s) {sorted(bad)}")
     cache = Path(args.cache)
+    ATTACK["name"] = args.attack
     if args.stage in ("attack", "all"):
-        run_attacks(args.data, cache, settings, args.batch)
+        run_attacks(args.data, cache, settings, args.batch, args.limit)
     if args.stage in ("score", "all"):
-        res = score(args.data, cache, settings, args.batch, args.weights)
+        accept = None if args.accept is None else (args.accept or ["loss"])
+        res = score(args.data, cache, settings, args.batch, args.weights, accept, args.limit, args.margin,
+                    not args.no_classical)
         print(table(res))
         if args.json:
             meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": "2-core CPU container",

@@ -21,6 +21,7 @@ ROWS = {
     "qsgd4": [{"name": "qsgd", "levels": 4}],
     "qsgd16": [{"name": "qsgd", "levels": 16}],
     "topk90": [{"name": "topk", "sparsity": 0.9}],
+    "topk99": [{"name": "topk", "sparsity": 0.99}],
     "sign": [{"name": "sign"}],
 }
 

@@ -14,7 +14,7 @@ def test_defaults_and_overrides(base_config):
     assert cfg.seed == 7 and cfg.data.size == 24
     assert cfg.protocol.name == "fedavg" and cfg.protocol.local_steps == 3
     assert cfg.obfuscation == [{"name": "qsgd", "levels": 8}]
-    assert RunConfig().attack == {"name": "rog"}  # the default attack the engine provides
+    assert RunConfig().attack == {"name": "rog-refine"}  # the default attack (the staged preset)
 
 
 def test_pipeline_string_and_list_forms_agree(base_config):

@@ -138,16 +138,16 @@ def test_every_registered_attack_declares_an_options_model():
 
 # --- the sign-compressed iteration budget -----------------------------------------------------------------
 
-def test_sign_budget_applies_only_when_iterations_were_not_given():
+def test_sign_budget_applies_unless_sign_iterations_is_given():
     signed = types.SimpleNamespace(obfuscation=[{"name": "sign"}])
     plain = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.9}])
     assert SIGN_ITERATIONS == {"rog": 300}
     assert engine_config("rog", signed).iterations == 300
     assert engine_config("rog", plain).iterations == 100
     assert engine_config("rog", None).iterations == 100
-    # given explicitly, even at the preset's own default, the user's number wins
-    assert engine_config("rog", signed, iterations=100).iterations == 100
-    assert engine_config("rog", signed, iterations=7).iterations == 7
+    # iterations is the other updates' budget (the no-silent-override rule, tests/test_budget_rule.py)
+    assert engine_config("rog", signed, iterations=7).iterations == 300
+    assert engine_config("rog", signed, sign_iterations=7).iterations == 7
     assert engine_config("inverting-gradients", signed).iterations == 1000  # no sign budget for this preset
     opts = check_attack_config({"name": "rog", "lr": 0.1})
     assert sign_budget("rog", opts, signed).iterations == 300 and opts.iterations == 100  # not mutated
@@ -164,7 +164,7 @@ def test_sign_budget_reaches_the_engine():
         raise KeyboardInterrupt
 
     assert attack("rog", view, update, callback=stop).info["interrupted"]
-    attack("rog", view, update, iterations=5, callback=stop)
+    attack("rog", view, update, sign_iterations=5, callback=stop)
     assert seen == [300, 5]
 
 

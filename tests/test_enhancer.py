@@ -133,11 +133,13 @@ def test_unknown_classical_option_lists_valid_options():
 def test_check_config_returns_every_option():
     for none in (None, "", "null", "none", "NONE", {"name": None}, {}):
         assert check_config(none) == {"name": "none"}
-    assert check_config("classical") == {"name": "classical", "method": "tv", "weight": None, "h": None, "scale": 4}
+    acc = {"accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
+    assert check_config("classical") == {"name": "classical", "method": "tv", "weight": None, "h": None, "scale": 4,
+                                         **acc}
     assert check_config({"name": "classical", "method": "nlm", "h": 0}) == {
-        "name": "classical", "method": "nlm", "weight": None, "h": 0.0, "scale": 4}
+        "name": "classical", "method": "nlm", "weight": None, "h": 0.0, "scale": 4, **acc}
     if EN.default_weights_path().is_file():
-        assert check_config("learned") == {"name": "learned", "weights": None, "scale": 4}
+        assert check_config("learned") == {"name": "learned", "weights": None, "scale": 4, **acc}
         with pytest.raises(ConfigError, match="trained for scale 4"):
             check_config({"name": "learned", "scale": 2})
     # the result is a valid section again (the runner writes it to config.yaml)
@@ -160,7 +162,8 @@ def test_registered_enhancer_is_reachable(monkeypatch):
 
     ENHANCERS.register("grey", doc="flat grey", options=GreyOptions)(
         Enhancer(run=lambda x, o: torch.full_like(x, o.level), check=checked.append))
-    assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25}
+    assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25, "accept": "loss",
+                                                             "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
     assert checked and checked[-1].level == 0.25
     out = fedleak.enhance.enhance(torch.rand(2, 3, 8, 8), None, {"name": "grey", "level": 0.25})
     assert out.shape == (2, 3, 8, 8) and torch.all(out == 0.25)
@@ -223,13 +226,13 @@ def test_tiny_training_lowers_the_loss(tmp_path):
                       colour_corr=(0.0, 0.1))
     cfg = TrainConfig(steps=40, batch=4, patch=32, pool=8, lr=5e-3, final_lr=5e-3 / 3, seed=0, arch=dict(TINY),
                       degradation=deg)
-    info = train("builtin", tmp_path / "t.safetensors", cfg, progress=False, log=lambda s: None)
+    info = train("skimage", tmp_path / "t.safetensors", cfg, progress=False, log=lambda s: None)
     assert len(info["losses"]) == 40
     side = json.loads((tmp_path / "t.json").read_text())
-    assert side["steps"] == 40 and side["seed"] == 0 and side["data"] == "builtin"
+    assert side["steps"] == 40 and side["seed"] == 0 and side["data"] == "skimage"
     assert side["final_loss"] == pytest.approx(info["final_loss"])
     # held-out pairs from the same degradation: the trained net beats the untrained one (= the raw input)
-    photos, _ = load_photos("builtin")
+    photos, _ = load_photos("skimage")
     clean = crops_tensor(photos, 6, 64, np.random.default_rng(99))
     noisy = deg.apply(clean, torch.Generator().manual_seed(99))
     trained, _ = EN.load(tmp_path / "t.safetensors")
@@ -245,10 +248,39 @@ def test_train_enhancer_cli_deterministic(tmp_path):
     outs = []
     for i in range(2):
         f = tmp_path / f"w{i}.safetensors"
-        assert main(["train-enhancer", "--data", "builtin", "--out", str(f), "--seed", "5", "--steps", "2",
+        assert main(["train-enhancer", "--out", str(f), "--seed", "5", "--steps", "2",
                      "--batch", "2", "--patch", "32", "--pool", "4", "--width", "8", "--quiet"]) == 0
         outs.append(EN.load(f)[0].state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_evaluation_photos_are_never_training_photos(tmp_path):
+    """The builtin photos the demo evaluates on (and motorcycle_right, the other view of a builtin photo) are
+    not in the default training set, by name or by content; the shipped weights' sidecar lists none of them;
+    copies of them in a folder, and `--data builtin`, are refused."""
+    import shutil
+
+    from fedleak.client.data import BUILTIN_PHOTOS, builtin_dir
+    from fedleak.enhance.data import DEFAULT_DATA, eval_hashes, photo_paths
+    from fedleak.io import sha256_file
+
+    eval_names = {f for f, _ in BUILTIN_PHOTOS} | {"motorcycle_right.png"}
+    hashes = eval_hashes()
+    assert set(hashes.values()) == eval_names  # every evaluation photo is there to be hashed
+    train_files = photo_paths(DEFAULT_DATA)
+    assert len(train_files) >= 10
+    assert not {f.name for f in train_files} & eval_names
+    assert not {sha256_file(f) for f in train_files} & set(hashes)
+    shipped = json.loads(EN.default_weights_path().with_suffix(".json").read_text())
+    assert shipped["photos"] and not set(shipped["photos"]) & eval_names
+    assert shipped["data"] == DEFAULT_DATA
+    with pytest.raises(DataError, match="evaluation photos"):
+        photo_paths("builtin")
+    d = tmp_path / "mine"
+    d.mkdir()
+    shutil.copy(builtin_dir() / "coffee.png", d / "renamed.png")
+    with pytest.raises(DataError, match="evaluation photo coffee.png"):
+        photo_paths(f"skimage,{d}")
 
 
 def test_refuses_evaluation_folder(tmp_path):
@@ -262,7 +294,8 @@ def test_refuses_evaluation_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------------ pipeline
 def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, base_config):
-    """At attack time the stage gets rec.images and the server view -- nothing derived from the true images."""
+    """At attack time the stage gets rec.images, the server view, and for its acceptance test the update the
+    server received and the attack's reconstruction -- nothing derived from the true images."""
     import fedleak.enhance as E  # the runner calls the package's public enhance()
     from fedleak.experiment.runner import run
     from fedleak.server.view import ServerView
@@ -280,8 +313,9 @@ def test_enhancer_sees_only_the_reconstruction_and_view(tmp_path, monkeypatch, b
     run_dir, metrics = run(cfg, out=tmp_path / "r", progress=False)
     assert len(calls) == 1
     args, kwargs = calls[0]
-    assert not kwargs and len(args) == 3
+    assert set(kwargs) == {"update", "rec"} and len(args) == 3
     images, view, ecfg = args
+    assert kwargs["rec"].images is images and kwargs["update"].tensors  # the attack's own output and input
     assert isinstance(view, ServerView)
     assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vars(view).values())
     rec = torch.load(run_dir / "reconstruction.pt", weights_only=True)
@@ -309,3 +343,68 @@ def test_run_enhancer_flag_bad_file_fails_before_attack(tmp_path, capsys, monkey
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "not found" in lines[0] and "Traceback" not in err
     assert not (tmp_path / "r" / "reconstruction.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ acceptance test
+@pytest.fixture(scope="module")
+def refined():
+    from fedleak.attacks import attack
+    from fedleak.experiment.case import Case
+
+    torch.set_num_threads(1)
+    case = Case({"seed": 0, "data": {"source": "builtin", "size": 32, "batch_size": 2}, "model": {"name": "lenet"},
+                 "attack": "rog-refine"})
+    view, update = case.server_view(), case.client_update()
+    rec = attack("rog-refine", view, update, stages={"0": {"iterations": 30}, "1": {"iterations": 10}})
+    return case, view, update, rec
+
+
+def _noise_enhancer():
+    if "test-noise" not in ENHANCERS:
+        from fedleak.options import NoOptions
+
+        def run(x, opts):
+            g = torch.Generator().manual_seed(0)
+            return (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+        ENHANCERS.register("test-noise", doc="test: adds noise", options=NoOptions)(Enhancer(run=run))
+    return "test-noise"
+
+
+def test_acceptance_rejects_a_harmful_enhancer_and_never_raises_the_loss(refined):
+    from fedleak.attacks.engine.stages import attack_objective
+
+    _, view, update, rec = refined
+    name = _noise_enhancer()
+    plain = enhance(rec.images, view, {"name": name, "accept": "none"}, update=update, rec=rec)
+    assert (plain - rec.images).abs().mean() > 0.05  # the enhancer really damages the images
+    out = enhance(rec.images, view, name, update=update, rec=rec)
+    assert rec.info["enhancer_blend"] == [0.0, 0.0] and torch.equal(out, rec.images.clamp(0, 1))
+    score, close = attack_objective(view, update, rec.info["attack_config"], rec.labels, priors=False)
+    try:
+        assert score(out) <= score(rec.images) < score(plain)
+    finally:
+        close()
+    # without the update (no server-side test possible) the enhancer's output is returned as is
+    assert torch.equal(enhance(rec.images, view, name), plain)
+
+
+def test_acceptance_takes_a_blend_that_lowers_the_loss(refined):
+    """Offered the true images as 'enhanced' (a test-only oracle, never what an enhancer sees), the test picks
+    non-zero blend weights, and they raise PSNR: the loss is a usable stand-in for the truth."""
+    from fedleak.enhance.stage import Acceptance, accept_blend
+    from fedleak.metrics.scores import psnr
+
+    case, view, update, rec = refined
+    out, alphas = accept_blend(rec.images.clamp(0, 1), case.images, view, update, rec, Acceptance())
+    assert all(a > 0 for a in alphas)
+    assert float(psnr(out, case.images).mean()) > float(psnr(rec.images, case.images).mean()) + 1.0
+
+
+def test_acceptance_options_are_checked():
+    assert check_config({"name": "classical"})["accept"] == "loss"
+    assert check_config({"name": "learned", "accept": "objective", "blend": [1, 0.5]})["blend"] == [0.0, 0.5, 1.0]
+    with pytest.raises(ConfigError, match="blend"):
+        check_config({"name": "classical", "blend": [2]})
+    with pytest.raises(ConfigError, match="accept"):
+        check_config({"name": "classical", "accept": "maybe"})

@@ -1,5 +1,5 @@
 """Multi-stage attacks (issue 12, items 1-3): stage options from the config reach their stage, the sign budget is
-per stage and yields to a user's ``iterations``, a two-stage run killed in its second stage resumes to the
+per stage and yields only to a user's ``sign_iterations``, a two-stage run killed in its second stage resumes to the
 uninterrupted result, Ctrl-C and the progress callback work across stages, and ``rog-refine``'s refinement stage
 is what beats ``rog``."""
 from __future__ import annotations
@@ -55,12 +55,14 @@ def test_stage_option_from_set_reaches_the_stage(tiny):
     assert len(rec.loss_history) == 7
 
 
-def test_sign_budget_is_per_stage_and_yields_to_the_users_iterations():
+def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations():
     preset = STAGED_PRESETS["rog-refine"][0]
     opts = ATTACKS.options("rog-refine", {})
     assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
     assert [c.iterations for c in opts.stage_configs(None)] == [s["iterations"] for s in preset]
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7}}})
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
+    opts = ATTACKS.options("rog-refine", {"stages": {"1": {"sign_iterations": 7}}})
     assert [c.iterations for c in opts.stage_configs(SIGN)] == [preset[0]["sign_iterations"], 7]
     # a full list of stages: only the sign budgets it gives
     opts = ATTACKS.options("rog-refine", {"stages": [{"param": "lowres", "iterations": 5},
@@ -73,7 +75,7 @@ def test_sign_budget_is_per_stage_and_yields_to_the_users_iterations():
 
 def test_single_stage_presets_are_unchanged():
     assert PRESETS["rog"]["iterations"] == 100 and "rog-refine" not in PRESETS
-    assert fedleak.load_config().attack == {"name": "rog"}
+    assert fedleak.load_config().attack == {"name": "rog-refine"}  # the default attack
 
 
 @pytest.mark.parametrize("section, match", [

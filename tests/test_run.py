@@ -210,9 +210,9 @@ def test_enhancer_stage_reports_raw_and_enhanced(tmp_path, monkeypatch):
 
     real, calls = fedleak.enhance.enhance, {}
 
-    def spy(images, view, section):
+    def spy(images, view, section, **kw):  # kw: update and rec, for the acceptance test
         calls.update(view=view, section=section)
-        return real(images, view, section)
+        return real(images, view, section, **kw)
 
     monkeypatch.setattr(fedleak.enhance, "enhance", spy)
     cfg = _config(tmp_path, attack={"name": FAKE, "iterations": 2}, enhancer={"name": "Classical", "weight": 0.1})
@@ -222,7 +222,8 @@ def test_enhancer_stage_reports_raw_and_enhanced(tmp_path, monkeypatch):
     assert "raw" in m and "enhanced" in m
     assert m["enhanced"]["per_image"]["psnr"] != m["raw"]["per_image"]["psnr"]
     assert "enhanced_psnr" in m["summary"]
-    assert calls["section"] == {"name": "classical", "method": "tv", "weight": 0.1, "h": None, "scale": 4}  # validated once, at the config edge, defaults filled in
+    assert calls["section"] == {"name": "classical", "method": "tv", "weight": 0.1, "h": None, "scale": 4,
+                                "accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}  # validated once, at the config edge, defaults filled in
     assert not hasattr(calls["view"], "images")  # the enhancer gets the server view, not the case
     assert torch.load(out / "reconstruction.pt", weights_only=True)["enhanced"].shape == (1, 3, 16, 16)
 
@@ -238,7 +239,7 @@ def test_attack_seed_follows_declared_capability(tmp_path):
     assert "seed" not in load_config(base={"seed": 7, "attack": {"name": GREY_ATTACK}}).sections.attack
     cfg = load_config(base={"seed": 7})
     cfg.seed = 9  # the resolved sections follow an assignment
-    assert cfg.sections.attack == {"name": "rog", "seed": 9}
+    assert cfg.sections.attack == {"name": "rog-refine", "seed": 9}
     run_dir, _ = fedleak.run({"seed": 3, "threads": 1, "data": {"size": 16, "batch_size": 1},
                               "attack": {"name": GREY_ATTACK}}, out=tmp_path / "grey", progress=False)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["attack"] == {"name": GREY_ATTACK}

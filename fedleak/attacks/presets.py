@@ -11,7 +11,7 @@
                        step decay at 3/8, 5/8, 7/8, box constraint, randn init, 1000 iterations.
 ``rog``                ROG (Yue et al., 2023): a 4x-downsampled latent, bicubically upsampled, uniform
                        init, squared L2, Adam lr 0.05 with cosine decay to 0.1 x lr, 100 iterations
-                       (300 when the update is sign-compressed).
+                       (``sign_iterations`` 300 when the update is sign-compressed).
 ``rog-refine``         Two stages (:mod:`fedleak.attacks.engine.stages`): ``rog``'s low-resolution latent,
                        then full-resolution pixels initialised from its upsampled result, refined with
                        squared L2 (obfuscation-aware) and a TV prior. Not a paper's preset; tuned on the
@@ -44,7 +44,7 @@ from pydantic import create_model
 
 from fedleak.attacks.base import ATTACKS, Reconstruction
 from fedleak.attacks.engine import EngineConfig, run_engine
-from fedleak.attacks.engine.stages import StagedConfig, is_sign_compressed, run_stages, staged_options
+from fedleak.attacks.engine.stages import StagedConfig, StageOptions, is_sign_compressed, run_stages, staged_options
 from fedleak.options import Capabilities
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -60,8 +60,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 precision="auto"),
 }
 
-#: iterations for sign-compressed updates, per preset (the issue: "signSGD: more iterations"), applied only
-#: when the user did not set ``iterations``
+#: iterations for sign-compressed updates, per preset: the default of the preset's ``sign_iterations`` option.
+#: ``iterations`` is the budget for every other update; for a sign-compressed one ``sign_iterations`` holds
+#: (``null``: the same as ``iterations``), so a config's ``iterations`` never silently replaces the sign budget
 SIGN_ITERATIONS = {"rog": 300}
 
 _DOCS = {
@@ -72,15 +73,16 @@ _DOCS = {
 }
 
 
-def preset_options(preset: str) -> type[EngineConfig]:
-    """:class:`EngineConfig` with the defaults of ``preset`` (same fields, ranges and checks)."""
+def preset_options(preset: str) -> type[StageOptions]:
+    """:class:`EngineConfig` with the defaults of ``preset`` (same fields, ranges and checks), plus
+    ``sign_iterations`` (the preset's budget for sign-compressed updates, :data:`SIGN_ITERATIONS`)."""
     fields = {}
-    for key, value in PRESETS[preset].items():
-        info = copy.deepcopy(EngineConfig.model_fields[key])
+    for key, value in {**PRESETS[preset], "sign_iterations": SIGN_ITERATIONS.get(preset)}.items():
+        info = copy.deepcopy(StageOptions.model_fields[key])
         info.default = value
         fields[key] = (info.annotation, info)
     title = "".join(w.capitalize() for w in preset.split("-"))
-    return create_model(f"{title}Options", __base__=EngineConfig, __doc__=f"Engine options of {_DOCS[preset]}.",
+    return create_model(f"{title}Options", __base__=StageOptions, __doc__=f"Engine options of {_DOCS[preset]}.",
                         __module__=__name__, **fields)
 
 
@@ -89,11 +91,11 @@ PRESET_OPTIONS: dict[str, type[EngineConfig]] = {name: preset_options(name) for 
 
 
 def sign_budget(preset: str, options: EngineConfig, update=None) -> EngineConfig:
-    """``options`` with the preset's iterations for sign-compressed updates, unless ``iterations`` was given."""
-    if update is None or preset not in SIGN_ITERATIONS or "iterations" in options.model_fields_set:
-        return options
-    if is_sign_compressed(update):
-        return options.model_copy(update={"iterations": SIGN_ITERATIONS[preset]})
+    """``options`` with ``iterations`` replaced by ``sign_iterations`` when ``update`` is sign-compressed and
+    the options have a sign budget (the preset's, or the user's); a copy, ``options`` is not changed."""
+    sign_its = options.sign_iterations if isinstance(options, StageOptions) else None
+    if sign_its and is_sign_compressed(update):
+        return options.model_copy(update={"iterations": sign_its})
     return options
 
 
@@ -104,8 +106,12 @@ def engine_config(preset: str, update=None, **options) -> EngineConfig:
 
 def _make(preset: str):
     def attack_fn(view, update, options: EngineConfig, *, callback=None) -> Reconstruction:
-        rec = run_engine(view, update, sign_budget(preset, options, update), callback=callback)
+        run = sign_budget(preset, options, update)
+        rec = run_engine(view, update, run, callback=callback)
         rec.info["attack"] = preset
+        if run.iterations != options.iterations:
+            rec.info["notes"] = [f"sign-compressed update: {preset} ran its sign budget of {run.iterations} "
+                                 f"iterations (attack.sign_iterations), not iterations={options.iterations}"]
         return rec
 
     attack_fn.__name__ = preset.replace("-", "_")
@@ -135,8 +141,13 @@ _STAGED_DOCS = {
 
 def _make_staged(preset: str):
     def attack_fn(view, update, options: StagedConfig, *, callback=None) -> Reconstruction:
-        rec = run_stages(view, update, options.stage_configs(update), callback=callback)
+        configs = options.stage_configs(update)
+        rec = run_stages(view, update, configs, callback=callback)
         rec.info["attack"] = preset
+        its, plain = [c.iterations for c in configs], [c.iterations for c in options.stage_configs()]
+        if its != plain:
+            rec.info["notes"] = [f"sign-compressed update: {preset} ran its stages' sign budgets {its} "
+                                 f"(attack.stages.N.sign_iterations), not iterations {plain}"]
         return rec
 
     attack_fn.__name__ = preset.replace("-", "_")

@@ -1,6 +1,8 @@
-"""``fedleak train-enhancer --data DIR --out FILE [--seed S] [--steps N] [--pairs CACHE]``: train the learned
-ROG enhancer (see docs/enhancer.md). ``--data builtin`` uses the photos bundled with scikit-image
-(``builtin,sklearn`` adds scikit-learn's two sample photos). ``--pairs CACHE``: real ``rog`` attack outputs on
+"""``fedleak train-enhancer --out FILE [--data SPEC] [--seed S] [--steps N] [--pairs CACHE]``: train the learned
+ROG enhancer (see docs/enhancer.md). ``--data skimage,sklearn`` (the default) uses the photos bundled with
+scikit-image that are not evaluation photos (the ``builtin`` set the demo evaluates on is left out) and
+scikit-learn's two sample photos; evaluation photos are refused by name and by content hash.
+``--pairs CACHE``: real ``rog`` attack outputs on
 training crops; made (and resumed) first when the file is missing or has fewer batches than
 ``--pair-batches``. Writes FILE (safetensors) and a JSON sidecar next to it."""
 from __future__ import annotations
@@ -9,14 +11,17 @@ import sys
 
 
 def add_parser(sub):
+    from fedleak.enhance.data import DEFAULT_DATA
+
     p = sub.add_parser(
         "train-enhancer",
         help="train the learned ROG post-processing network (denoise + x4 upsampling)",
         description=__doc__,
     )
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="training photos: builtin, sklearn, a folder, or a comma-separated mix "
-                        "(never the evaluation images)")
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="SPEC",
+                   help=f"training photos: skimage (scikit-image photos outside the builtin evaluation set), "
+                        f"sklearn, a folder, or a comma-separated mix (default {DEFAULT_DATA}); evaluation "
+                        "photos (builtin, imagenet-val-sample) are refused")
     p.add_argument("--out", required=True, metavar="FILE", help="weights file to write (.safetensors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")

@@ -7,6 +7,7 @@ validation; the value is parsed as a YAML scalar/flow value. Every problem becom
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from fedleak.config.ownership import DEFAULT_ATTACK
 from fedleak.config.pipeline import parse_pipeline as _parse_pipeline
 from fedleak.errors import ConfigError
 from fedleak.metrics.options import MetricOptions, metric_options
@@ -132,7 +134,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     obfuscation: list[dict[str, Any]] = Field(default_factory=list)
-    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "rog"})
+    attack: dict[str, Any] = Field(default_factory=lambda: {"name": DEFAULT_ATTACK})
     enhancer: dict[str, Any] = Field(default_factory=lambda: {"name": "none"})
     metrics: dict[str, Any] = Field(default_factory=dict)
     server: dict[str, Any] = Field(default_factory=lambda: {"name": "honest"})
@@ -170,7 +172,7 @@ class RunConfig(_Strict):
     @field_validator("attack", "enhancer", "server", mode="before")
     @classmethod
     def _named(cls, v, info):
-        default = {"attack": "rog", "enhancer": "none", "server": "honest"}[info.field_name]
+        default = {"attack": DEFAULT_ATTACK, "enhancer": "none", "server": "honest"}[info.field_name]
         if isinstance(v, str):
             return {"name": v}
         if v is None:
@@ -189,6 +191,12 @@ class RunConfig(_Strict):
         return self
 
     _sections: Optional[Sections] = PrivateAttr(default=None)
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        """What loading decided for the user (:mod:`fedleak.config.ownership`), for ``run.log``."""
+        return self._notices
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -528,10 +536,20 @@ def _check_import_model(cfg: RunConfig) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """``overrides`` follow the no-silent-override rule (:mod:`fedleak.config.ownership`); its notices are
+    logged (``fedleak.config``) and kept in :attr:`RunConfig.notices`."""
+    from fedleak.config.ownership import drop_foreign_attack_options
+
     raw = copy.deepcopy(base) if base is not None else load_raw(path)
+    file_attack = copy.deepcopy(raw.get("attack"))
     for ov in overrides or []:
         apply_override(raw, ov)
-    return validate(raw)
+    notices = drop_foreign_attack_options(raw, file_attack, list(overrides or []))
+    cfg = validate(raw)
+    for n in notices:
+        logging.getLogger("fedleak.config").warning(n)
+    cfg._notices = notices
+    return cfg
 
 
 def as_config(config: Any = None, overrides: list[str] | None = None) -> RunConfig:

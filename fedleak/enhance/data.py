@@ -1,15 +1,19 @@
 """Training data for the learned ROG enhancer: offline photos, random crops, and the cache of real attack outputs.
 
-Photo sources (``--data`` of ``fedleak train-enhancer``, comma-separated):
+Photo sources (``--data`` of ``fedleak train-enhancer``, comma-separated; default ``skimage,sklearn``):
 
-* ``builtin`` -- the natural photos bundled in scikit-image's wheel (:data:`SKIMAGE_PHOTOS`; grey ones are
-  used as grey RGB and tinted by the colour jitter). Synthetic test patterns (chessboards, logo, phantom,
-  colour chart) are left out.
+* ``skimage`` -- the natural photos bundled in scikit-image's wheel that are **not** evaluation photos
+  (:data:`SKIMAGE_PHOTOS`: the ``builtin`` set that ``data.source: builtin`` and the README demo evaluate on is
+  left out, and so is ``motorcycle_right.png``, the other view of the stereo pair whose left view is a builtin
+  photo). Grey ones are used as grey RGB and tinted by the colour jitter. Synthetic test patterns
+  (chessboards, logo, phantom, colour chart) and the binary horse silhouette are left out.
 * ``sklearn`` -- the two photos in scikit-learn's wheel (``china.jpg``, ``flower.jpg``), if installed.
 * a folder -- every image file in it (recursively).
 
-The evaluation images (the shared ImageNet validation sample, or anything a benchmark scores) must never be
-given here; :func:`load_photos` refuses a folder named ``imagenet-val-sample``.
+``builtin`` is refused: it names the evaluation photos. The evaluation images (the builtin set, the shared
+ImageNet validation sample, or anything a benchmark scores) are never training photos: :func:`photo_paths`
+refuses a folder named ``imagenet-val-sample`` and drops (with a :class:`DataError`) any file whose content
+hash is that of a builtin evaluation photo (:func:`eval_hashes`), whatever its name.
 
 :func:`load_pairs` reads the cache of (attack output, clean crop) pairs that
 :func:`fedleak.experiment.enhancer_pairs.make_pairs` writes (it simulates clients and runs the real ``rog``
@@ -25,14 +29,17 @@ import torch
 
 from fedleak.errors import DataError
 
+#: scikit-image photos used for training: none of them is a ``builtin`` evaluation photo
+#: (:data:`fedleak.client.data.BUILTIN_PHOTOS`) or a view of one (``motorcycle_right.png``)
 SKIMAGE_PHOTOS = [
-    # colour photos
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-    "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
-    # grey photos / textures
     "camera.png", "brick.png", "grass.png", "gravel.png", "moon.png", "coins.png", "cell.png",
-    "clock_motion.png", "page.png", "text.png",
+    "clock_motion.png", "page.png", "text.png", "microaneurysms.png",
 ]
+
+#: scikit-image files that are evaluation photos or views of them: never training photos
+EVAL_RELATED = ("motorcycle_right.png",)
+
+DEFAULT_DATA = "skimage,sklearn"
 
 FORBIDDEN_FOLDER_NAMES = {"imagenet-val-sample"}
 
@@ -50,32 +57,53 @@ def _read(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read training image ({e})") from None
 
 
-def photo_paths(data: str) -> list[Path]:
-    """The training photo files for a ``--data`` spec (sorted, deterministic)."""
+def eval_hashes() -> dict[str, str]:
+    """SHA-256 of each builtin evaluation photo (and of :data:`EVAL_RELATED`) -> its file name."""
+    from fedleak.client.data import BUILTIN_PHOTOS, builtin_dir
+    from fedleak.io import sha256_file
+
+    root = builtin_dir()
+    names = [f for f, _ in BUILTIN_PHOTOS] + list(EVAL_RELATED)
+    return {sha256_file(root / f): f for f in names if (root / f).is_file()}
+
+
+def _source(part: str) -> list[Path]:
     from fedleak.client.data import IMAGE_EXTS, builtin_dir
+
+    if part == "builtin":
+        raise DataError("--data builtin: those are the demo's evaluation photos; use skimage (scikit-image "
+                        "photos that are not in the evaluation set), sklearn or a folder")
+    if part == "skimage":
+        root = builtin_dir()
+        return [root / f for f in SKIMAGE_PHOTOS if (root / f).is_file()]
+    if part == "sklearn":
+        try:
+            import sklearn.datasets as skd
+        except ImportError:
+            raise DataError("--data sklearn needs scikit-learn (pip install scikit-learn)") from None
+        return sorted((Path(skd.__file__).parent / "images").glob("*.jpg"))
+    root = Path(part).expanduser()
+    if not root.is_dir():
+        raise DataError(f"training data folder {part!r} does not exist (use skimage, sklearn or a folder)")
+    if root.resolve().name in FORBIDDEN_FOLDER_NAMES or any(
+            p.name in FORBIDDEN_FOLDER_NAMES for p in root.resolve().parents):
+        raise DataError(f"{part!r} is an evaluation image folder; never train the enhancer on it")
+    return sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+
+
+def photo_paths(data: str) -> list[Path]:
+    """The training photo files for a ``--data`` spec (sorted, deterministic); never an evaluation photo."""
+    from fedleak.io import sha256_file
 
     out: list[Path] = []
     for part in [p.strip() for p in str(data).split(",") if p.strip()]:
-        if part == "builtin":
-            root = builtin_dir()
-            out += [root / f for f in SKIMAGE_PHOTOS if (root / f).is_file()]
-        elif part == "sklearn":
-            try:
-                import sklearn.datasets as skd
-            except ImportError:
-                raise DataError("--data sklearn needs scikit-learn (pip install scikit-learn)") from None
-            root = Path(skd.__file__).parent / "images"
-            out += sorted(root.glob("*.jpg"))
-        else:
-            root = Path(part).expanduser()
-            if not root.is_dir():
-                raise DataError(f"training data folder {part!r} does not exist (use builtin, sklearn or a folder)")
-            if root.resolve().name in FORBIDDEN_FOLDER_NAMES or any(
-                    p.name in FORBIDDEN_FOLDER_NAMES for p in root.resolve().parents):
-                raise DataError(f"{part!r} is an evaluation image folder; never train the enhancer on it")
-            out += sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        out += _source(part)
     if not out:
         raise DataError(f"no training photos found for --data {data!r}")
+    bad = eval_hashes()
+    for f in out:
+        if sha256_file(f) in bad:
+            raise DataError(f"{f}: this is the evaluation photo {bad[sha256_file(f)]}; never train the enhancer on it")
     return out
 
 

@@ -19,6 +19,14 @@ typed options model. The ``enhancer:`` config section is a name or a mapping wit
 
 ``scale`` (default 4) is ROG's latent factor. Adding an enhancer is one :meth:`Registry.register` call of an
 :class:`Enhancer`. See docs/enhancer.md.
+
+**Acceptance test** (any enhancer; ``accept: loss``, the default): when :func:`enhance` is given the update and
+the attack's reconstruction, each image is replaced by the blend ``(1 - a) raw + a enhanced`` with ``a`` in
+``blend`` (default 0, 0.25, 0.5, 0.75, 1) only when that lowers the attack's gradient-matching loss against the
+update (greedy, one image after the other, evaluated in float32; ``accept: objective`` also counts the last
+stage's priors). ``a = 0``
+(the raw image) is always a candidate, so the loss never increases. It uses only the server's view: the update,
+the model and the attack's own labels. ``accept: none`` (or no update given) returns the enhanced images as is.
 """
 from __future__ import annotations
 
@@ -63,8 +71,33 @@ ENHANCERS: Registry[Enhancer] = Registry("enhancer")
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-def _resolve(section: Any) -> tuple[str, Enhancer, Options]:
-    """Name, entry and validated options of an ``enhancer:`` section (its check hook has run)."""
+class Acceptance(Options):
+    """The acceptance test's options (keys of any ``enhancer:`` section; see the module docstring)."""
+
+    accept: Literal["loss", "objective", "none"] = "loss"
+    blend: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    #: a blend replaces the current image only when it lowers the loss by more than this fraction
+    margin: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("blend")
+    @classmethod
+    def _alphas(cls, v):
+        if any(not 0 <= a <= 1 for a in v):
+            raise ValueError("blend weights must lie in [0, 1]")
+        return sorted(set(float(a) for a in v) | {0.0})
+
+
+def _acceptance(raw: dict) -> Acceptance:
+    """The acceptance keys of ``raw``, removed from it and validated."""
+    from fedleak.options import validate_options
+
+    return validate_options(Acceptance, {k: raw.pop(k) for k in list(raw) if k in Acceptance.model_fields},
+                            "enhancer")
+
+
+def _resolve(section: Any) -> tuple[str, Enhancer, Options, Acceptance]:
+    """Name, entry, validated options and acceptance options of an ``enhancer:`` section (its check hook
+    has run)."""
     if section is None:
         section = {"name": "none"}
     if isinstance(section, str):
@@ -72,6 +105,7 @@ def _resolve(section: Any) -> tuple[str, Enhancer, Options]:
     if not isinstance(section, dict):
         raise ConfigError(f"enhancer must be a name or a mapping with a 'name', got {section!r}")
     raw = dict(section)
+    acceptance = _acceptance(raw)
     name = raw.pop("name", "none")
     name = "none" if name is None or str(name).lower() in NONE_NAMES else str(name)
     key = ENHANCERS.resolve(name)
@@ -82,30 +116,66 @@ def _resolve(section: Any) -> tuple[str, Enhancer, Options]:
     entry = ENHANCERS.get(key)
     if entry.check is not None:
         entry.check(opts)
-    return key, entry, opts
+    return key, entry, opts, acceptance
 
 
 def check_config(section: Any) -> dict:
     """Validate an ``enhancer:`` section (a name or a mapping with ``name``); returns ``{name, **options}`` with
-    every option filled in. For ``learned`` the weights file is loaded now, so a bad file fails before a long
-    attack rather than after it."""
-    key, _, opts = _resolve(section)
-    return {"name": key, **opts.to_dict()}
+    every option filled in (the acceptance test's too, except for ``none``). For ``learned`` the weights file
+    is loaded now, so a bad file fails before a long attack rather than after it."""
+    key, _, opts, acceptance = _resolve(section)
+    return {"name": key, **opts.to_dict(), **({} if key == "none" else acceptance.to_dict())}
 
 
-def enhance(images: torch.Tensor, view: Any = None, section: Any = None) -> torch.Tensor:
+def enhance(images: torch.Tensor, view: Any = None, section: Any = None, update: Any = None,
+            rec: Any = None) -> torch.Tensor:
     """Enhance reconstructed images ``(B, 3, H, W)`` in [0, 1]; returns a tensor of the same shape.
 
-    ``view`` (the server view) is used only for consistency checks; ``section`` is the ``enhancer:`` section.
+    ``view`` (the server view) is used for consistency checks and, with ``update`` (what the server received)
+    and ``rec`` (the attack's reconstruction, whose ``images`` these are), for the acceptance test;
+    ``section`` is the ``enhancer:`` section. The chosen blend weights are left in
+    ``rec.info["enhancer_blend"]``.
     """
-    _, entry, opts = _resolve(section)
+    key, entry, opts, acceptance = _resolve(section)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ConfigError(f"enhancer expects RGB images (B, 3, H, W), got {shape}")
     if view is not None and view.image_size not in (None, images.shape[-1]):
         raise ConfigError(f"enhancer: images are {images.shape[-1]} px wide but the server view says "
                           f"{view.image_size}")
-    return entry.run(images.detach().float().clamp(0, 1).cpu(), opts)
+    x = images.detach().float().clamp(0, 1).cpu()
+    out = entry.run(x, opts)
+    attack_config = rec.info.get("attack_config") if rec is not None else None
+    if key == "none" or acceptance.accept == "none" or update is None or view is None or not attack_config:
+        return out
+    out, alphas = accept_blend(x, out, view, update, rec, acceptance)
+    rec.info["enhancer_blend"] = alphas
+    return out
+
+
+def accept_blend(raw: torch.Tensor, enhanced: torch.Tensor, view: Any, update: Any, rec: Any,
+                 acceptance: Acceptance) -> tuple[torch.Tensor, list[float]]:
+    """Per image, the blend weight of ``blend`` with the lowest attack loss (greedy over the images, 0 = raw
+    kept when nothing is lower); returns the images and the chosen weights."""
+    from fedleak.attacks.engine.stages import attack_objective
+
+    score, close = attack_objective(view, update, rec.info["attack_config"], rec.labels,
+                                    priors=acceptance.accept == "objective")
+    try:
+        cur = raw.clone()
+        best = score(cur)
+        chosen = [0.0] * raw.shape[0]
+        for i in range(raw.shape[0]):
+            keep = cur[i].clone()
+            for a in acceptance.blend[1:]:
+                cur[i] = ((1 - a) * raw[i] + a * enhanced[i]).clamp(0, 1)
+                val = score(cur)
+                if val < best * (1 - acceptance.margin):
+                    best, chosen[i], keep = val, a, cur[i].clone()
+            cur[i] = keep
+    finally:
+        close()
+    return cur, chosen
 
 
 def _check_divisible(x: torch.Tensor, scale: int) -> None:

@@ -27,7 +27,7 @@ OBFUSCATIONS: dict[str, dict] = {
     "qsgd16": {"obfuscation": [{"name": "qsgd", "levels": 16}]},
     "qsgd4": {"obfuscation": [{"name": "qsgd", "levels": 4}]},
     "topk99": {"obfuscation": [{"name": "topk", "sparsity": 0.99}]},
-    "sign": {"obfuscation": [{"name": "sign"}], "attack": {"iterations": 100}},
+    "sign": {"obfuscation": [{"name": "sign"}], "attack": {"sign_iterations": 100}},
     "fedavg5": {"obfuscation": [], "protocol": {"name": "fedavg", "local_steps": 5, "lr": 0.003}},
 }
 #: default pair batches: (obfuscation, batch size); sign (300 iterations) and FedAvg (5 unrolled steps) are

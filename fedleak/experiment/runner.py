@@ -185,6 +185,8 @@ def prepare(config: Any = None, overrides: Optional[list[str]] = None, force: bo
     from fedleak.experiment.resources import check as check_memory
 
     cfg = as_config(config, overrides)
+    for notice in cfg.notices if log is not None else []:
+        log(notice)
     est = check_memory(cfg, force=force, log=log)
     return Plan(cfg=cfg, attack=dict(cfg.sections.attack), memory=est)
 
@@ -271,13 +273,15 @@ def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bo
     seconds = time.perf_counter() - t0
     interrupted = bool(rec.info.get("interrupted", False))
     hist = [float(v) for v in rec.loss_history]
+    for note in rec.info.get("notes", []):
+        log(note)
     log(f"attack {'INTERRUPTED' if interrupted else 'finished'} after {len(hist)} iteration(s) in "
         f"{seconds:.2f}s" + (f", final loss {hist[-1]:.6g}" if hist else ""))
     return Attacked(rec=rec, history=hist, interrupted=interrupted, planned=cb.last.get("iterations"),
                     seconds=seconds)
 
 
-def enhance_stage(cfg, rec, view, log: RunLog) -> tuple[Optional[torch.Tensor], float]:
+def enhance_stage(cfg, rec, view, log: RunLog, update=None) -> tuple[Optional[torch.Tensor], float]:
     """Stage 4 (when an enhancer is configured): server-side post-processing of the reconstruction;
     returns ``(enhanced images or None, seconds)``."""
     if not cfg.sections.enhancer_enabled:
@@ -285,9 +289,10 @@ def enhance_stage(cfg, rec, view, log: RunLog) -> tuple[Optional[torch.Tensor], 
     from fedleak.enhance import enhance
 
     t0 = time.perf_counter()
-    enhanced = enhance(rec.images, view, cfg.sections.enhancer)
+    enhanced = enhance(rec.images, view, cfg.sections.enhancer, update=update, rec=rec)
     seconds = time.perf_counter() - t0
-    log(f"enhancer {cfg.enhancer} ran in {seconds:.2f}s")
+    log(f"enhancer {cfg.enhancer} ran in {seconds:.2f}s"
+        + (f"; accepted blend weights {rec.info['enhancer_blend']}" if "enhancer_blend" in rec.info else ""))
     return enhanced, seconds
 
 
@@ -442,7 +447,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         with using_device(device):
             client = client_stage(plan.cfg, folder.path, log)
             att = attack_stage(plan, folder, client, progress, log)
-            enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log)
+            enhanced, t_enh = enhance_stage(plan.cfg, att.rec, client.view, log, client.update)
         scores = evaluate_stage(plan.cfg, client.case, att.rec, enhanced, log)
         metrics = _metrics_doc(plan, folder.path, client, att, scores, t_enh)
         metrics["device"] = str(device)

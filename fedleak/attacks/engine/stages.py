@@ -1,8 +1,8 @@
 """Multi-stage attacks: a sequence of engine stages, each starting from the images the previous one ended with.
 
 A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus ``sign_iterations``,
-the stage's budget for sign-compressed updates, used only when the user did not set that stage's
-``iterations``). Options that describe the attacked problem or the run rather than the optimisation
+the stage's budget for sign-compressed updates; ``iterations`` is the budget for every other update, and
+``sign_iterations: null`` means the same as ``iterations``). Options that describe the attacked problem or the run rather than the optimisation
 (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
 for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
 its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
@@ -12,7 +12,8 @@ Setting stage options (stages are numbered from 0):
 
 * ``--set attack.stages.1.iterations=300`` (or ``stages: {1: {iterations: 300}}`` in a config, or
   ``fedleak.attack("rog-refine", view, update, stages={1: {"lr": 0.02}})``): a mapping of stage index ->
-  options, merged into the preset's stages. Setting a stage's ``iterations`` drops that stage's sign budget.
+  options, merged into the preset's stages. A stage's ``iterations`` does not change its sign budget: set
+  ``stages.1.sign_iterations`` for that (the no-silent-override rule, README "Budgets").
 * ``stages: [{...}, {...}]``: a full list of stage definitions (each over the engine defaults), replacing the
   preset's.
 
@@ -34,7 +35,7 @@ from pydantic import ConfigDict, Field, create_model, field_validator, model_val
 
 from fedleak.attacks.base import Reconstruction
 from fedleak.attacks.engine.checkpoint import config_key
-from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, _layer_weights
+from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, resolve_labels, _layer_weights
 from fedleak.attacks.engine.options import EngineConfig
 from fedleak.attacks.engine.parts import Parts, resolve_parts
 from fedleak.attacks.matching import Matcher
@@ -73,7 +74,7 @@ def _stage(i: int, raw: Any) -> StageOptions:
 
 def merge_stages(preset: list[dict], given: Any) -> list[dict]:
     """The stage definitions: ``given`` as a full list, or a mapping of stage index -> options merged into
-    ``preset`` (an explicit ``iterations`` there drops the stage's ``sign_iterations``)."""
+    ``preset``."""
     if isinstance(given, (list, tuple)):
         return list(given)
     if not isinstance(given, dict):
@@ -86,8 +87,6 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
             raise ValueError(f"stages.{key}: no such stage (stages are numbered 0 to {len(out) - 1})")
         if not isinstance(over, dict):
             raise ValueError(f"stages.{key} must be a mapping of options, got {type(over).__name__}")
-        if "iterations" in over and "sign_iterations" not in over:
-            out[idx].pop("sign_iterations", None)
         out[idx] = {**out[idx], **over}
     return out
 
@@ -217,3 +216,33 @@ def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reco
     rec = reconstruction(problem, cfg, best, carry["history"], interrupted, t_start)
     rec.info.update({"stages": carry["stages"], "stage": carry["stage"] - 1})
     return rec
+
+
+def attack_objective(view, update, attack_config: dict, labels: Optional[torch.Tensor] = None, priors: bool = True):
+    """The server-side objective of a finished attack, for judging candidate images after it (the enhancer's
+    acceptance test, :mod:`fedleak.enhance.stage`): ``(score, close)`` where ``score(images)`` is the matching
+    loss of ``images`` against ``update`` -- plus the last stage's weighted priors when ``priors`` -- with the
+    attack's loss, matching mode and labels (``labels``: the reconstruction's, else recovered as the attack
+    did). ``attack_config`` is a reconstruction's ``info["attack_config"]``. Uses only the server's view."""
+    keep = {k: v for k, v in attack_config.items() if k in EngineConfig.model_fields}
+    # float32: candidates differ little, and bfloat16 rounding of the simulated update would decide between them
+    cfg = EngineConfig(**{**keep, "checkpoint": None, "precision": "float32",
+                          "init": "uniform" if keep.get("init") == "previous" else keep.get("init", "uniform")})
+    parts = resolve_parts(cfg)
+    problem = prepare(view, update, cfg, parts)
+    y = labels.long() if labels is not None else problem.labels
+    soft = y is None
+    if soft:  # soft labels were optimised: judge with the labels read off the last layer instead
+        y = resolve_labels(cfg.model_copy(update={"labels": "llg"}), view, update, problem.fwd.model,
+                           problem.matcher.target)[0]
+    terms = parts.prior_terms(cfg, max(problem.shape[-2:])) if priors else []
+
+    def score(images: torch.Tensor) -> float:
+        x = images.detach().to(getattr(torch, cfg.dtype))
+        with torch.enable_grad():
+            total = problem.matcher(problem.simulate(x, y, False))
+            for w, prior in terms:
+                total = total + w * prior.penalty(x)
+        return float(total.detach())
+
+    return score, problem.fwd.close
