@@ -51,6 +51,8 @@ def format_validation_error(e: ValidationError, what: str, model: Optional[type[
     more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
     if err["type"] == "extra_forbidden":
         valid = f"; valid: {', '.join(sorted(model.model_fields))}" if model is not None else ""
+        if model is not None and "stages" in model.model_fields and "." not in loc:
+            valid += f" (a multi-stage attack: set {loc!r} per stage, e.g. attack.stages.1.{loc}=N)"
         return f"{what}: unknown option {loc!r}{valid}{more}"
     inp = err.get("input")
     got = f" (got {inp!r})" if not isinstance(inp, dict) and len(repr(inp)) < 80 else ""

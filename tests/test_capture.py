@@ -234,11 +234,11 @@ def test_simulate_writes_compact_and_attack_reads_it_back(tmp_path, capsys, one_
     stats = json.loads((sim / "stats.json").read_text())
     assert 4 * stats["num_parameters"] / f.stat().st_size > 5.5  # 5-bit levels, not dense float32
     out = tmp_path / "run"
-    rc, err = _attack(["--update", str(f), "--set", "attack.iterations=2", "--out", str(out), "-q"], capsys)
+    rc, err = _attack(["--update", str(f), "--set", "attack.stages.0.iterations=2", "--set", "attack.stages.1.iterations=2", "--out", str(out), "-q"], capsys)
     assert rc == 0, err  # no model or protocol flags: the file carries them
     m = json.loads((out / "metrics.json").read_text())
     assert m["update"]["format"] == "fedleak" and m["update"]["obfuscation"][0]["name"] == "qsgd"
-    assert m["model"]["name"] == "lenet" and m["attack"]["name"] == "rog"
+    assert m["model"]["name"] == "lenet" and m["attack"]["name"] == "rog-refine"  # the default of fedleak run
     assert m["summary"]["bits_per_parameter"] == pytest.approx(stats["bits_per_parameter"])
     assert os.path.getsize(out / "reconstruction.pt") > 0
 

@@ -126,7 +126,8 @@ def test_sweep_logs_cells_done_elapsed_and_eta(tmp_path, monkeypatch, capfd):
                      "psnr": 10.0, "seconds": 0.05})
 
     monkeypatch.setattr(sw, "_local_backend", fake_local)
-    spec = {"base": {"data": {"source": "builtin", "size": 16, "batch_size": 1}, "model": {"name": "lenet"}},
+    spec = {"base": {"data": {"source": "builtin", "size": 16, "batch_size": 1}, "model": {"name": "lenet"},
+                     "attack": {"name": "rog"}},
             "grid": {"attack.iterations": [1, 2, 3]}}
     sw.run_sweep(spec, out=tmp_path / "s", workers=1)
     err = [ln for ln in capfd.readouterr().err.splitlines() if "] c00" in ln]

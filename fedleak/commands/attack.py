@@ -37,7 +37,7 @@ def add_parser(sub):
     g.add_argument("--image-size", type=int, default=None, metavar="N", help="square RGB input of side N")
     p.add_argument("--labels", default=None, metavar="3,1,4|FILE",
                    help="the batch's labels, when the protocol shares them (default: the attack recovers them)")
-    p.add_argument("--attack", default=None, metavar="NAME", help="attack to run (default: as fedleak run, rog)")
+    p.add_argument("--attack", default=None, metavar="NAME", help="attack to run (default: as fedleak run, rog-refine)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set model.num_classes=10 --set attack.iterations=200 "
                         "--set obfuscation=qsgd:levels=16 (repeatable)")

@@ -223,10 +223,11 @@ def _shape(req: CaptureRequest, server: dict, d: dict) -> tuple[int, int]:
 def _finish_config(raw: dict, req: CaptureRequest):
     """Validate the config; name the folder; turn the attack checkpoint off (a captured run is not resumed)."""
     from fedleak.attacks import ATTACKS
+    from fedleak.config.ownership import DEFAULT_ATTACK
     from fedleak.config.schema import validate
 
-    att = raw.get("attack") if isinstance(raw.get("attack"), dict) else {"name": raw.get("attack") or "rog"}
-    att.setdefault("name", "rog")
+    att = raw.get("attack") if isinstance(raw.get("attack"), dict) else {"name": raw.get("attack") or DEFAULT_ATTACK}
+    att.setdefault("name", DEFAULT_ATTACK)
     raw["attack"] = att
     if "checkpoint" not in att and att["name"] in ATTACKS and ATTACKS.caps(att["name"]).checkpoints:
         att["checkpoint"] = None
