@@ -74,17 +74,25 @@ def attack_section(name: str, args) -> dict:
     return {"name": name, "labels": "known", "iterations": its}
 
 
+def budget(attack: str, args) -> str:
+    """The iteration budget in a run folder's name, so that another budget never reuses a folder."""
+    if attack == "rog-refine":
+        return f"-it{args.rog_iterations}+{args.refine_iterations}"
+    return f"-it{args.ig_iterations if attack == 'inverting-gradients' else args.rog_iterations}"
+
+
 def one_cell(model, width, weights, attack, source, n, args, runs: Path) -> dict:
     """Every batch of ``n`` images of ``source`` attacked once; per-image PSNR/SSIM from metrics.json."""
     psnr, ssim, secs = [], [], 0.0
     for start in range(0, n, args.batch):
-        out = runs / f"{model}-{Path(weights).stem}-{attack}-{Path(source).stem}-{start}"
+        bs = min(args.batch, n - start)
+        out = runs / f"{model}-{Path(weights).stem}-{attack}{budget(attack, args)}-{Path(source).stem}-b{bs}-{start}"
         mfile = out / "metrics.json"
         if mfile.exists() and (out / "COMPLETE").exists():
             m = json.loads(mfile.read_text())
         else:
             cfg = {"seed": 0, "threads": args.threads, "device": "cpu", "enhancer": "none",
-                   "data": {"source": source, "size": SIZE, "batch_size": min(args.batch, n - start), "start": start},
+                   "data": {"source": source, "size": SIZE, "batch_size": bs, "start": start},
                    "model": {"name": model, "num_classes": 10, "width": width, "weights": weights},
                    "protocol": {"name": "fedsgd"}, "obfuscation": [], "attack": attack_section(attack, args)}
             _, m = fedleak.run(cfg, out=out, progress=False)
@@ -96,6 +104,17 @@ def one_cell(model, width, weights, attack, source, n, args, runs: Path) -> dict
 
 def name(snapshot: str) -> str:
     return "converged (last epoch)" if snapshot == "last" else f"epoch {snapshot}"
+
+
+def flat_reference(source: str, n: int) -> str:
+    """The score of a flat grey (0.5) image against the cell's true images: the level of "nothing recovered"."""
+    from fedleak.config.schema import DataConfig
+    from fedleak.experiment.data import load_data
+    from fedleak.metrics.scores import evaluate
+
+    x = load_data(DataConfig(source=source, size=SIZE, batch_size=n), 10).images
+    m = evaluate(x, torch.full_like(x, 0.5))["mean"]
+    return f"{m['psnr']:.2f} / {m['ssim']:.3f}"
 
 
 def tables(rows: list[dict], models: list[str], snapshots: list[int], accs: dict) -> str:
@@ -161,6 +180,8 @@ def main(argv=None) -> int:
                     print(f"{mdl} e{e} {data} {attack}: {r['psnr']:.2f} / {r['ssim']:.3f} "
                           f"({r['attack_seconds']:.0f} s)", flush=True)
     print(tables(rows, models, snapshots, accs))
+    for data, source, n in sources:
+        print(f"flat grey image vs the {n} {data}: {flat_reference(source, n)} (PSNR dB / SSIM)")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; torch {torch.__version__}, {platform.machine()}, "
           f"{args.threads} thread(s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
