@@ -5,8 +5,9 @@
         --ig-iterations 5 --refine-iterations 5 --attacks rog     # a smoke run
 
 Victims: ``fedleak train-victim`` on the training split of scikit-learn's digits at 32x32 (Adam 1e-3, batch 64,
-seed 0), snapshots at ``--snapshots`` epochs (0 is the seeded initialisation), written to ``--victims`` and
-trained only when the card is missing there. Clients: the first ``--digits`` held-out digits
+seed 0), snapshots at ``--snapshots`` epochs (0 is the seeded initialisation; ``last``: the card's final epoch),
+written to ``--victims`` and trained here (``--epochs`` epochs) only when the card is missing there; the tables
+of docs/results.md trained resnet18-cifar for 12 epochs with the command given there. Clients: the first ``--digits`` held-out digits
 (``data.source: digits``, the test split) and the first ``--photos`` photos of ``--photo-dir`` (CSV order) at
 32x32, in batches of ``--batch``. The photos are out-of-distribution for a digits model; their ImageNet label is
 mapped into its label space as ``label mod 10``, known to the attack like every label here (``labels: known``).
@@ -129,7 +130,8 @@ def tables(rows: list[dict], models: list[str], snapshots: list[int], accs: dict
             for e in snapshots:
                 cells = []
                 for mdl in models:
-                    hit = [r for r in rows if (r["data"], r["attack"], r["model"], r["snapshot"]) == (data, attack, mdl, e)]
+                    key = (data, attack, mdl, e)
+                    hit = [r for r in rows if (r["data"], r["attack"], r["model"], r["snapshot"]) == key]
                     cells.append(f"{hit[0]['psnr']:.2f} / {hit[0]['ssim']:.3f}" if hit else "-")
                 out.append(f"| {name(e)} | " + " | ".join(cells) + " |")
     out.append("\ntest accuracy of each snapshot (from the cards):\n")
