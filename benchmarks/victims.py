@@ -7,12 +7,15 @@
 Victims: ``fedleak train-victim`` on the training split of scikit-learn's digits at 32x32 (Adam 1e-3, batch 64,
 seed 0), snapshots at ``--snapshots`` epochs (0 is the seeded initialisation; ``last``: the card's final epoch),
 written to ``--victims`` and trained here (``--epochs`` epochs) only when the card is missing there; the tables
-of docs/results.md trained resnet18-cifar for 12 epochs with the command given there. Clients: the first
-``--digits`` held-out digits (``data.source: digits``, the test split) and the first ``--photos`` photos of
-``--photo-dir`` (CSV order) at 32x32, in batches of ``--batch``. The photos are out-of-distribution for a digits model; their ImageNet label is
-mapped into its label space as ``label mod 10``, known to the attack like every label here (``labels: known``).
-FedSGD, no obfuscation, seed 0. Scores are the runner's ``metrics.json`` (computed after the attack, outside it),
-averaged over the images of a cell. Prints Markdown tables and writes every run's numbers to ``--out`` (JSON).
+of docs/results.md trained resnet18-cifar for 12 epochs with the command given there.
+
+Clients: the first ``--digits`` held-out digits (``data.source: digits``, the test split) and the first
+``--photos`` photos of ``--photo-dir`` (CSV order) at 32x32, in batches of ``--batch``. The photos are
+out-of-distribution for a digits model; their ImageNet label is mapped into its label space as ``label mod 10``,
+known to the attack like every label here (``labels: known``). FedSGD, no obfuscation, seed 0. Scores are the
+runner's ``metrics.json`` (computed after the attack, outside it), averaged over the images of a cell. Complete
+run folders under ``--runs`` are reused (their names carry the budget and batch). Prints Markdown tables and
+writes every run's numbers to ``--out`` (JSON).
 """
 from __future__ import annotations
 
