@@ -87,7 +87,7 @@ def test_single_stage_presets_are_unchanged():
     ({"stages": [{"init": "previous"}]}, r"stages\.0: init: previous needs a previous stage"),
     ({"stages": []}, r"at least one stage"),
     ({"stages": 3}, r"stages must be a list of stage mappings or a mapping"),
-    ({"iterations": 3}, r"unknown option 'iterations'"),
+    ({"lr": 0.1}, r"unknown option 'lr'.*set 'lr' per stage"),
 ])
 def test_bad_stage_options_are_one_line_errors(section, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -246,3 +246,24 @@ def test_rog_refine_beats_rog_only_through_its_refinement_stage(small):
 
 
 MARGIN = 0.5  # dB; measured: rog 14.01, rog-refine 15.19, refinement cut to 1 iteration 14.12
+
+
+def test_total_iterations_are_split_over_the_stages_in_their_proportions():
+    """``attack.iterations=N`` on a staged preset is its total budget: the preset's 100 + 60 become 10 + 6 for
+    16; a stage's own ``iterations`` is kept and the rest split; sign budgets are untouched; too small refused."""
+    from fedleak.attacks import ATTACKS
+    from fedleak.errors import ConfigError
+
+    def its(raw):
+        return [st.iterations for st in ATTACKS.options("rog-refine", raw).stages]
+
+    preset = its({})
+    assert its({"iterations": 16}) == [round(16 * preset[0] / sum(preset)), 16 - round(16 * preset[0] / sum(preset))]
+    assert sum(its({"iterations": 1000})) == 1000
+    assert its({"iterations": 16, "stages": {1: {"iterations": 5}}}) == [11, 5]
+    signs = [st.sign_iterations for st in ATTACKS.options("rog-refine", {"iterations": 16}).stages]
+    assert signs == [st.sign_iterations for st in ATTACKS.options("rog-refine", {}).stages]
+    assert its({"iterations": 1}) == [1, 1]  # at least one per stage
+    assert its({"iterations": 3, "stages": {1: {"iterations": 5}}}) == [1, 5]
+    with pytest.raises(ConfigError, match="iterations"):
+        ATTACKS.options("rog-refine", {"iterations": 0})

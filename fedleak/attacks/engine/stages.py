@@ -91,6 +91,23 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
     return out
 
 
+def split_budget(stages: list[dict], total: int, keep: set[int] = frozenset()) -> list[dict]:
+    """``stages`` with ``total`` iterations in all: the stages in ``keep`` keep theirs, the rest is split over
+    the others in proportion to their own budgets, each at least 1 (so a total below the number of stages
+    runs one iteration per stage)."""
+    free = [i for i in range(len(stages)) if i not in keep]
+    if not free:
+        return stages
+    left = max(len(free), total - sum(int(stages[i].get("iterations") or 0) for i in keep))  # >= 1 per stage
+    own = [max(1, int(stages[i].get("iterations") or EngineConfig.model_fields["iterations"].default)) for i in free]
+    shares = [max(1, round(left * o / sum(own))) for o in own]
+    shares[-1] = max(1, left - sum(shares[:-1]))
+    out = [dict(st) for st in stages]
+    for i, n in zip(free, shares):
+        out[i]["iterations"] = n
+    return out
+
+
 def _shared_fields() -> dict:
     fields = {}
     for key in SHARED:
@@ -107,6 +124,24 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
     """Options of a multi-stage attack: the shared options and ``stages`` (see the module docstring)."""
 
     stages: list[StageOptions] = Field(default_factory=list, validate_default=True)
+    #: a total budget over all stages, split in the stages' own proportions (a stage's explicit ``iterations``
+    #: wins; sign budgets are not changed by it, as everywhere)
+    iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _total_budget(cls, data):
+        if not isinstance(data, dict) or data.get("iterations") is None or isinstance(data["iterations"], bool):
+            return data
+        total = data["iterations"]
+        if not isinstance(total, int):
+            return data  # the field's own check gives the one-line error
+        given = data.get("stages")
+        preset = cls.model_fields["stages"].default_factory()
+        stages = merge_stages(preset, {} if given is None else given)
+        explicit = {int(k) for k, v in given.items() if isinstance(v, dict) and "iterations" in v} \
+            if isinstance(given, dict) else set()
+        return {**data, "stages": split_budget(stages, total, explicit)}
 
     @field_validator("stages", mode="before")
     @classmethod
