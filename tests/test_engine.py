@@ -153,19 +153,7 @@ def test_sign_budget_applies_unless_sign_iterations_is_given():
     assert sign_budget("rog", opts, signed).iterations == 300 and opts.iterations == 100  # not mutated
 
 
-def test_sign_budget_reaches_the_engine():
-    case = Case({"seed": 2, "data": {"size": 16, "batch_size": 1}, "model": {"name": "lenet"},
-                 "obfuscation": ["sign"], "attack": "rog"})
-    view, update = case.server_view(), case.client_update()
-    seen = []
-
-    def stop(state):
-        seen.append(state["iterations"])
-        raise KeyboardInterrupt
-
-    assert attack("rog", view, update, callback=stop).info["interrupted"]
-    attack("rog", view, update, sign_iterations=5, callback=stop)
-    assert seen == [300, 5]
+# the sign budget reaching the engine: tests/test_budget_rule.py::test_the_sign_budget_reaches_the_engine_and_is_noted
 
 
 # --- init from given images (multi-stage attacks) ----------------------------------------------------------

@@ -62,9 +62,6 @@ def main(args) -> int:
     if metrics.get("interrupted"):
         print(f"fedleak: interrupted; partial results written to {run_dir} (no COMPLETE marker)", file=sys.stderr)
         return 130
-    if args.quiet:
-        print(run_dir)
-    else:
-        for line in summary_lines(run_dir, metrics):
-            print(line)
-    return 0
+    from fedleak.commands.run import print_result
+
+    return print_result(run_dir, metrics, args.quiet, summary_lines)

@@ -69,7 +69,15 @@ def main(args) -> int:
             for line in summary_lines(run_dir, metrics):
                 print(line)
         return 130
-    if args.quiet:
+    return print_result(run_dir, metrics, args.quiet)
+
+
+def print_result(run_dir, metrics: dict, quiet: bool, summary_lines=None) -> int:
+    """The folder (``--quiet``) or the run's summary lines (``summary_lines(run_dir, metrics)``, default the
+    runner's) on stdout; exit status 0."""
+    if summary_lines is None:
+        from fedleak.experiment.runner import summary_lines
+    if quiet:
         print(run_dir)
     else:
         for line in summary_lines(run_dir, metrics):

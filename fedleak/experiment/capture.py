@@ -483,8 +483,7 @@ def _metrics(plan, run_dir: Path, cap: Captured, att, enhanced, t_enh: float) ->
 
 
 def _write(plan, folder, cap: Captured, att, enhanced, metrics: dict, t_all: float, log) -> dict:
-    from fedleak.experiment.rundir import RECONSTRUCTION, move_timing, save_reconstruction
-    from fedleak.io import jsonable, write_json
+    from fedleak.experiment.rundir import RECONSTRUCTION, save_reconstruction, write_metrics
     from fedleak.metrics import plots
 
     run_dir, rec = folder.path, att.rec
@@ -492,13 +491,7 @@ def _write(plan, folder, cap: Captured, att, enhanced, metrics: dict, t_all: flo
     save_tiles(enhanced if enhanced is not None else rec.images, run_dir / "grid.png")
     plots.save_loss(att.history, run_dir / "loss.png", series=rec.series,
                     title=f"{plan.attack['name']} matching loss (captured update)")
-    metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
-    metrics = jsonable(metrics)
-    timing = metrics.pop("timing")
-    moved: dict = {}
-    move_timing(metrics, [], moved)
-    metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
-    write_json(run_dir / "metrics.json", metrics)
+    metrics = write_metrics(run_dir, metrics, t_all)
     s = metrics["summary"]
     log(f"no true images: PSNR/SSIM not computable; final matching loss {s['final_loss']}, "
         f"recovered labels {s['recovered_labels']}")

@@ -72,6 +72,23 @@ def move_timing(node: Any, path: list, out: dict) -> None:
             move_timing(v, [*path, str(i)], out)
 
 
+def write_metrics(run_dir: Path, metrics: dict, t_all: float) -> dict:
+    """Write ``metrics.json`` (JSON-safe; the total and every other duration under ``timing``, so the rest
+    depends on the config and seed only); returns what was written."""
+    import time
+
+    from fedleak.io import jsonable, write_json
+
+    metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
+    metrics = jsonable(metrics)
+    timing = metrics.pop("timing")
+    moved: dict = {}
+    move_timing(metrics, [], moved)
+    metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
+    write_json(Path(run_dir) / "metrics.json", metrics)
+    return metrics
+
+
 # ------------------------------------------------------------------------------- library warnings -> run.log
 class _WarningSink(logging.Handler):
     """Where the warnings of one run go: its log once :func:`bind_warnings` named it (held until then).

@@ -44,8 +44,8 @@ from fedleak.config.schema import as_config
 from fedleak.device import resolve_device, using_device
 from fedleak.errors import ConfigError, NumericalError
 from fedleak.experiment.rundir import CHECKPOINT, RECONSTRUCTION, TIMING_KEYS, move_timing, save_reconstruction  # noqa: F401
-from fedleak.experiment.rundir import bind_warnings, capture_warnings
-from fedleak.io import COMPLETE_MARK, jsonable, new_run_dir, write_json, write_text
+from fedleak.experiment.rundir import bind_warnings, capture_warnings, write_metrics
+from fedleak.io import COMPLETE_MARK, new_run_dir, write_text
 from fedleak.metrics.privacy_words import describe, protection
 from fedleak.experiment.claim import claim_run_dir, release, sigterm_as_interrupt
 from fedleak.progress import AttackProgress
@@ -370,13 +370,7 @@ def write_stage(plan: Plan, folder: RunFolder, client: ClientSide, att: Attacked
                     enhanced=enh_m, enhanced_psnrs=enh["per_image"]["psnr"] if enh else None, title=title)
     plots.save_loss(att.history, run_dir / "loss.png", series=rec.series,
                     title=f"{plan.attack['name']} matching loss")
-    metrics["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 4)
-    metrics = jsonable(metrics)
-    timing = metrics.pop("timing")
-    moved: dict = {}
-    move_timing(metrics, [], moved)
-    metrics["timing"] = {**timing, **({"other": moved} if moved else {})}
-    write_json(run_dir / "metrics.json", metrics)
+    metrics = write_metrics(run_dir, metrics, t_all)
     s = metrics["summary"]
     log(f"mean PSNR {s['psnr']:.3f} dB, SSIM {s['ssim']:.4f}, ROG-SSIM {s['ssim_rog']:.4f}, "
         f"1-HaarPSI {s['perceptual']:.4f}")
