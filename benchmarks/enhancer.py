@@ -65,9 +65,9 @@ def case_config(data: str, setting: str, start: int, batch: int, seed: int = 0) 
 
 
 def batches(data: str, batch: int, limit: int | None = None) -> list[tuple[int, int]]:
-    from fedleak.client.data import _list_folder
+    from fedleak.client.data import folder_listing
 
-    n = len(_list_folder(Path(data)))
+    n = folder_listing(Path(data), 8).n
     n = min(n, limit) if limit else n
     return [(s, min(batch, n - s)) for s in range(0, n, batch)]
 

@@ -151,9 +151,9 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    from fedleak.client.data import _list_folder
+    from fedleak.client.data import folder_listing
 
-    n = len(_list_folder(Path(args.data)))
+    n = folder_listing(Path(args.data), 8).n
     if args.limit:
         n = min(n, args.limit)
     # the preset's settings are part of the key, so a changed preset never reuses stale reconstructions
