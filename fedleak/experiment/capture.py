@@ -518,7 +518,7 @@ def run_capture(req: CaptureRequest, progress: bool = True) -> tuple[Path, dict]
     if plan.cfg.threads:
         torch.set_num_threads(plan.cfg.threads)
     log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}")
-    folder = R._open_folder(plan, req.out, False, log)
+    folder = R.open_folder(plan, req.out, False, log)
     try:
         write_json(folder.path / CAPTURE_FILE, {"request": {k: v for k, v in vars(req).items()}, **cap.info})
         client = R.ClientSide(case=None, update=cap.update, view=cap.view, seconds=0.0)
@@ -526,7 +526,7 @@ def run_capture(req: CaptureRequest, progress: bool = True) -> tuple[Path, dict]
         enhanced, t_enh = R.enhance_stage(plan.cfg, att.rec, cap.view, log)
         metrics = _metrics(plan, folder.path, cap, att, enhanced, t_enh)
         metrics = _write(plan, folder, cap, att, enhanced, metrics, t_all, log)
-        R._finish(folder, att.interrupted, log)
+        R.finish_folder(folder, att.interrupted, log)
         return folder.path, metrics
     except BaseException as e:  # record what went wrong, then let the caller handle it
         log(f"FAILED: {type(e).__name__}: {e}")

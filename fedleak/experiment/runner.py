@@ -210,7 +210,7 @@ def _resume_stage(resume: str | Path, config: Any, overrides: Optional[list[str]
     return d, None
 
 
-def _open_folder(plan: Plan, out: Optional[str | Path], resuming: bool, log: RunLog) -> RunFolder:
+def open_folder(plan: Plan, out: Optional[str | Path], resuming: bool, log: RunLog) -> RunFolder:
     """Create (or re-use) the run folder, manage the attack checkpoint, write the resolved config.yaml."""
     from fedleak.attacks import ATTACKS
     from fedleak.io import load_tensors
@@ -377,7 +377,7 @@ def write_stage(plan: Plan, folder: RunFolder, client: ClientSide, att: Attacked
     return metrics
 
 
-def _finish(folder: RunFolder, interrupted: bool, log: RunLog) -> None:
+def finish_folder(folder: RunFolder, interrupted: bool, log: RunLog) -> None:
     """Mark a finished run COMPLETE (and drop its managed checkpoint); an interrupted one stays resumable."""
     from fedleak.io import check_complete, mark_complete
 
@@ -436,7 +436,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         + (f", overrides {overrides}" if overrides else ""))
     log(f"torch {torch.__version__}, python {platform.python_version()}, threads {torch.get_num_threads()}, "
         f"device {device}")
-    folder = _open_folder(plan, out, resume is not None, log)
+    folder = open_folder(plan, out, resume is not None, log)
     try:
         with using_device(device):
             client = client_stage(plan.cfg, folder.path, log)
@@ -446,7 +446,7 @@ def run(config: Any = None, overrides: Optional[list[str]] = None, out: Optional
         metrics = _metrics_doc(plan, folder.path, client, att, scores, t_enh)
         metrics["device"] = str(device)
         metrics = write_stage(plan, folder, client, att, enhanced, scores, metrics, t_all, log)
-        _finish(folder, att.interrupted, log)
+        finish_folder(folder, att.interrupted, log)
         return folder.path, metrics
     except BaseException as e:  # record what went wrong, then let the caller handle it
         log(f"FAILED: {type(e).__name__}: {e}")
