@@ -230,16 +230,19 @@ def data_files(data) -> list[Path]:
     """The image files a ``data:`` section will decode (``start`` .. ``start + batch_size``), without decoding
     them; none for the pip-installed public sets (already small arrays) and for a folder that is not there
     (the loader reports that)."""
-    from fedleak.client.data import sample_order, source_listing
+    from fedleak.client.data import builtin_listing, folder_listing, sample_order
     from fedleak.client.public_data import DATASETS
 
-    if data.source in DATASETS or not (data.source == "builtin" or Path(data.source).expanduser().is_dir()):
+    if data.source in DATASETS:  # pip-installed arrays, already small
         return []
-    try:
-        listing = source_listing(data.source, data.size, data.resize, data.labels)
-    except FedleakError:  # e.g. a flat folder without labels: the loader gives the one-line error
-        return []
-    if listing.files is None:
+    if data.source == "builtin":
+        listing = builtin_listing(data.size, data.resize)
+    elif Path(data.source).expanduser().is_dir():
+        try:
+            listing = folder_listing(data.source, data.size, data.resize, data.labels)
+        except FedleakError:  # e.g. a flat folder without labels: the loader gives the one-line error
+            return []
+    else:  # .npz arrays, import: datasets (no image file to decode), or a missing folder (the loader says so)
         return []
     order = sample_order(listing, data.shuffle, data.seed)[data.start: data.start + data.batch_size]
     return [listing.files[i] for i in order]
