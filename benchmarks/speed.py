@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ def measure(which: str, model: str, size: int, batch: int, iters: int, warmup: i
     from fedleak.attacks.matching import Matcher
     from fedleak.attacks.presets import engine_config
     from fedleak.attacks.simulate import ForwardModel
+    from fedleak.experiment.resources import peak_rss
 
     cfg = {"seed": 0, "data": {"size": size, "batch_size": batch, "resize": "stretch"},
            "model": {"name": model, "num_classes": 1000}}
@@ -97,7 +97,7 @@ def measure(which: str, model: str, size: int, batch: int, iters: int, warmup: i
     for _ in range(iters):
         losses.append(step())
     dt = (time.perf_counter() - t0) / iters
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    rss = peak_rss() / 2**20  # this child's own peak (VmHWM), not the parent's carried over at fork
     return {"impl": which, "model": model, "size": size, "batch": batch, "fedavg_steps": fedavg,
             "s_per_iter": dt, "peak_rss_mib": rss, "losses": losses}
 

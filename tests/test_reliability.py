@@ -415,7 +415,7 @@ def test_memory_limit_and_force(tmp_path, monkeypatch, capsys):
 
 
 _MEASURE = """
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 from fedleak.experiment import resources
 from fedleak.experiment import runner
@@ -423,7 +423,7 @@ from fedleak.config.schema import load_config
 cfg = json.loads(sys.argv[1])
 est = resources.estimate(load_config(base=cfg))
 runner.run(cfg, out=sys.argv[2], progress=False)
-print(json.dumps({"estimate": est.total, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"estimate": est.total, "peak": resources.peak_rss()}))
 """
 
 

@@ -48,10 +48,8 @@ C_ACT = 8.0
 C_STEP = 1.0
 #: multiple of (activations x batch) for the client's forward/backward
 C_CLIENT = 2.0
-#: image decoding, metrics, plots, allocator slack. 512 MiB: in two full test-suite runs on fresh venvs the
-#: calibration config (lenet 64, FedAvg tau=2) peaked at 1.27 GB against 0.79 GB when run alone (cause not yet
-#: identified), which 256 MiB did not cover
-SLACK = 512 << 20
+#: metrics, plots, allocator slack (the calibration table in docs/robustness.md was fitted with 256 MiB)
+SLACK = 256 << 20
 #: bytes per pixel while one image is decoded, converted to float32 RGB and resized (Pillow's decoded image, the
 #: float32 array and the resize temporaries): measured 40 B/px for an RGB PNG and 46 B/px for a 16-bit grey PNG
 #: (16 Mpx, ``ru_maxrss`` of a fresh process; docs/robustness.md), with a margin
@@ -94,6 +92,25 @@ def current_rss() -> int:
         return int(psutil.Process().memory_info().rss)
     except Exception:
         return 0
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes (0 if unknown).
+
+    ``VmHWM`` from ``/proc/self/status``: it belongs to the address space, which ``execve`` replaces, so a
+    child started by a large process reports its own peak. ``ru_maxrss`` (the fallback off Linux) does not:
+    Linux carries the parent's peak at fork over into the child's ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    import sys
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
 
 
 def _parse_bytes(text: str) -> Optional[int]:
