@@ -59,7 +59,8 @@ def base_config(args) -> dict:
         "model": {"name": args.model, "num_classes": 1000},
         "protocol": {"name": "fedsgd"},
         "obfuscation": [],
-        "attack": {"name": args.attack, "iterations": args.iterations, "seed": args.seed,
+        "attack": {"name": args.attack, "seed": args.seed, **json.loads(args.options),
+                   **({"iterations": args.iterations} if args.iterations else {}),
                    **({"precision": args.precision} if args.precision else {})},
     }
 
@@ -135,8 +136,12 @@ def main():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--sign-iterations", type=int, default=300, help="iterations for sign-compressed rows")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="attack iterations (default: the preset's budget; rog: 100, and 300 for sign rows)")
+    ap.add_argument("--sign-iterations", type=int, default=None,
+                    help="iterations for sign-compressed rows (default: the preset's sign budget)")
+    ap.add_argument("--options", default="{}",
+                    help="JSON attack options merged into every row, e.g. '{\"stages\": {\"1\": {\"iterations\": 90}}}'")
     ap.add_argument("--model", default="lenet")
     ap.add_argument("--attack", default="rog", help="attack preset (rog, inverting-gradients, ...)")
     ap.add_argument("--seed", type=int, default=0)
@@ -159,9 +164,10 @@ def main():
     # the preset's settings are part of the key, so a changed preset never reuses stale reconstructions
     import hashlib
 
-    from fedleak.attacks.presets import PRESETS
+    from fedleak.attacks.presets import PRESETS, STAGED_PRESETS
 
-    preset = hashlib.sha256(json.dumps(PRESETS.get(args.attack, {}), sort_keys=True).encode()).hexdigest()[:8]
+    spec = [PRESETS.get(args.attack), STAGED_PRESETS.get(args.attack), args.options]
+    preset = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     key = (f"{args.attack}-{preset}-{args.model}-{args.size}-b{args.batch}-{args.iterations}-{args.sign_iterations}"
            f"-s{args.seed}-n{n}" + (f"-{args.precision}" if args.precision else ""))
     args.cache = str(Path(args.cache) / key)

@@ -124,7 +124,8 @@ def test_the_sign_budget_reaches_the_engine_and_is_noted():
 def test_staged_stage_iterations_keep_the_stage_sign_budget():
     preset_stages = ATTACKS.options("rog-refine", {}).stages
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7}}})
-    assert [c.iterations for c in opts.stage_configs(None)] == [preset_stages[0].iterations, 7]
+    assert [c.iterations for c in opts.stage_configs(None)] == [preset_stages[0].iterations, 7,
+                                                                preset_stages[2].iterations]
     assert [c.iterations for c in opts.stage_configs(SIGN)] == [s.sign_iterations for s in preset_stages]
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7, "sign_iterations": 8}}})
     assert [c.iterations for c in opts.stage_configs(SIGN)][1] == 8

@@ -355,7 +355,8 @@ def refined():
     case = Case({"seed": 0, "data": {"source": "builtin", "size": 32, "batch_size": 2}, "model": {"name": "lenet"},
                  "attack": "rog-refine"})
     view, update = case.server_view(), case.client_update()
-    rec = attack("rog-refine", view, update, stages={"0": {"iterations": 30}, "1": {"iterations": 10}})
+    rec = attack("rog-refine", view, update, stages={"0": {"iterations": 30}, "1": {"iterations": 5},
+                                                           "2": {"iterations": 10}})
     return case, view, update, rec
 
 

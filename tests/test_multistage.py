@@ -43,16 +43,17 @@ SIGN = types.SimpleNamespace(obfuscation=[{"name": "sign"}])
 # ------------------------------------------------------------------------------ options of the stages
 def test_stage_option_from_set_reaches_the_stage(tiny):
     _, view, update = tiny
-    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.1.iterations=3",
-                                         "attack.stages.0.iterations=4"])
-    assert cfg.attack["stages"] == {"1": {"iterations": 3}, "0": {"iterations": 4}}
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.iterations=3",
+                                         "attack.stages.0.iterations=4", "attack.stages.1.iterations=2"])
+    assert cfg.attack["stages"] == {"2": {"iterations": 3}, "0": {"iterations": 4}, "1": {"iterations": 2}}
     rec = attack(cfg.attack, view, update)
     stages = rec.info["stages"]
-    assert [s["options"]["iterations"] for s in stages] == [4, 3]
-    assert [s["iterations_run"] for s in stages] == [4, 3] and rec.info["iterations_run"] == 7
-    assert [s["options"]["param"] for s in stages] == ["lowres", "pixels"]
+    assert [s["options"]["iterations"] for s in stages] == [4, 2, 3]
+    assert [s["iterations_run"] for s in stages] == [4, 2, 3] and rec.info["iterations_run"] == 9
+    assert [s["options"]["param"] for s in stages] == ["lowres", "lowres", "pixels"]
+    assert [s["options"]["scale"] for s in stages[:2]] == [4, 2]
     assert stages[1]["options"]["init"] == "previous" and rec.info["attack"] == "rog-refine"
-    assert len(rec.loss_history) == 7
+    assert len(rec.loss_history) == 9
 
 
 def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations():
@@ -63,7 +64,8 @@ def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations()
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7}}})
     assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"sign_iterations": 7}}})
-    assert [c.iterations for c in opts.stage_configs(SIGN)] == [preset[0]["sign_iterations"], 7]
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == [preset[0]["sign_iterations"], 7,
+                                                                preset[2]["sign_iterations"]]
     # a full list of stages: only the sign budgets it gives
     opts = ATTACKS.options("rog-refine", {"stages": [{"param": "lowres", "iterations": 5},
                                                      {"init": "previous", "iterations": 6, "sign_iterations": 9}]})
@@ -79,7 +81,7 @@ def test_single_stage_presets_are_unchanged():
 
 
 @pytest.mark.parametrize("section, match", [
-    ({"stages": {"2": {"lr": 0.1}}}, r"stages\.2: no such stage \(stages are numbered 0 to 1\)"),
+    ({"stages": {"3": {"lr": 0.1}}}, r"stages\.3: no such stage \(stages are numbered 0 to 2\)"),
     ({"stages": {"x": {"lr": 0.1}}}, r"stages\.x: no such stage"),
     ({"stages": {"1": {"seed": 2}}}, r"stages\.1\.seed: 'seed' holds for all stages; set it on the attack"),
     ({"stages": {"1": {"lr": -1}}}, r"stages\.1: option lr must be > 0"),
@@ -104,7 +106,8 @@ def test_init_previous_without_a_previous_stage_is_an_error(tiny):
 # ------------------------------------------------------------------------------ the loop across stages
 def test_progress_and_ctrl_c_across_stages(tiny):
     _, view, update = tiny
-    configs = ATTACKS.options("rog-refine", {"stages": {"0": {"iterations": 3}, "1": {"iterations": 50}}})
+    configs = ATTACKS.options("rog-refine", {"stages": {"0": {"iterations": 3}, "1": {"iterations": 50},
+                                                        "2": {"iterations": 5}}})
     states = []
 
     def cb(state):
@@ -116,7 +119,7 @@ def test_progress_and_ctrl_c_across_stages(tiny):
     rec = run_stages(view, update, configs.stage_configs(update), callback=cb)
     assert {"iteration", "iterations", "restart", "restarts", "loss", "best_loss", "elapsed"} <= set(states[0])
     assert [(s["stage"], s["iteration"]) for s in states] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)]
-    assert all(s["stages"] == 2 for s in states) and states[-1]["iterations"] == 50
+    assert all(s["stages"] == 3 for s in states) and states[-1]["iterations"] == 50
     assert rec.info["interrupted"] and rec.info["stage"] == 1 and rec.info["iterations_run"] == 7
     assert rec.images.shape == (1, 3, 16, 16) and torch.isfinite(rec.images).all()
 
@@ -136,9 +139,10 @@ def test_nan_roll_back_works_in_a_later_stage(tiny, monkeypatch):
 
     monkeypatch.setattr(loop, "_step", flaky)
     opts = ATTACKS.options("rog-refine", {"on_nan": "restart", "checkpoint_every": 2,
-                                          "stages": {"0": {"iterations": 3}, "1": {"iterations": 6}}})
+                                          "stages": {"0": {"iterations": 3}, "1": {"iterations": 2},
+                                                     "2": {"iterations": 6}}})
     rec = run_stages(view, update, opts.stage_configs(update))
-    assert rec.info["stages"][1]["iterations_run"] == 6 and not rec.info["interrupted"]
+    assert rec.info["stages"][2]["iterations_run"] == 6 and not rec.info["interrupted"]
 
 
 # ------------------------------------------------------------------------------ SIGKILL and resume
@@ -157,10 +161,11 @@ def _stage_of(ckpt: Path):
     return st["stage"], st["iteration"]
 
 
-def test_two_stage_run_killed_in_stage_two_resumes_to_the_uninterrupted_result(tmp_path, capsys):
+def test_staged_run_killed_in_its_last_stage_resumes_to_the_uninterrupted_result(tmp_path, capsys):
     iters = 800
     cfg = _write_cfg(tmp_path / "c.yaml", {"name": "rog-refine", "checkpoint_every": 10,
-                                           "stages": {"0": {"iterations": 30}, "1": {"iterations": iters}}})
+                                           "stages": {"0": {"iterations": 30}, "1": {"iterations": 10},
+                                                      "2": {"iterations": iters}}})
     killed, ref = tmp_path / "a" / "run", tmp_path / "b" / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fedleak", "run", str(cfg), "--out", str(killed), "-q"],
@@ -170,7 +175,7 @@ def test_two_stage_run_killed_in_stage_two_resumes_to_the_uninterrupted_result(t
         deadline = time.time() + 90
         while time.time() < deadline and proc.poll() is None:
             at = _stage_of(ckpt) if ckpt.exists() else None
-            if at is not None and at[0] == 1:
+            if at is not None and at[0] == 2:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -180,16 +185,16 @@ def test_two_stage_run_killed_in_stage_two_resumes_to_the_uninterrupted_result(t
         if proc.poll() is None:
             proc.kill()
     st = torch.load(ckpt, weights_only=True)
-    assert st["stage"] == 1 and 0 < st["iteration"] < iters, (st["stage"], st["iteration"])
-    assert len(st["carry"]["history"]) == 30 and st["carry"]["images"].shape == (1, 3, 16, 16)
+    assert st["stage"] == 2 and 0 < st["iteration"] < iters, (st["stage"], st["iteration"])
+    assert len(st["carry"]["history"]) == 40 and st["carry"]["images"].shape == (1, 3, 16, 16)
     assert not (killed / "COMPLETE").exists()
 
     assert cli.main(["run", "--resume", str(killed), "-q"]) == 0
     assert cli.main(["run", str(cfg), "--out", str(ref), "-q"]) == 0
     capsys.readouterr()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (killed, ref))
-    assert a["attack"]["iterations_run"] == 30 + iters
-    assert [s["iterations_run"] for s in a["attack"]["info"]["stages"]] == [30, iters]
+    assert a["attack"]["iterations_run"] == 40 + iters
+    assert [s["iterations_run"] for s in a["attack"]["info"]["stages"]] == [30, 10, iters]
     assert a["summary"]["psnr"] == pytest.approx(b["summary"]["psnr"], abs=1e-4)
     ra = torch.load(killed / "reconstruction.pt", weights_only=True)
     rb = torch.load(ref / "reconstruction.pt", weights_only=True)
@@ -201,7 +206,8 @@ def test_checkpoint_of_other_stages_is_refused(tiny, tmp_path):
     _, view, update = tiny
     ck = tmp_path / "ck.pt"
     opts = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "checkpoint_every": 2,
-                                          "stages": {"0": {"iterations": 2}, "1": {"iterations": 4}}})
+                                          "stages": {"0": {"iterations": 2}, "1": {"iterations": 4},
+                                                     "2": {"iterations": 2}}})
     run_stages(view, update, opts.stage_configs(update))
     other = ATTACKS.options("rog-refine", {"checkpoint": str(ck), "stages": {"0": {"iterations": 2},
                                                                             "1": {"lr": 0.5, "iterations": 4}}})
@@ -240,17 +246,21 @@ def test_rog_refine_beats_rog_only_through_its_refinement_stage(small):
     case, view, update = small
     rog = _psnr(case, attack("rog", view, update, seed=0))
     refined = _psnr(case, attack("rog-refine", view, update, seed=0))
-    skipped = _psnr(case, attack("rog-refine", view, update, seed=0, stages={"1": {"iterations": 1}}))
+    skipped = _psnr(case, attack("rog-refine", view, update, seed=0,
+                                 stages={"1": {"iterations": 1}, "2": {"iterations": 1}}))
     assert refined > rog + MARGIN, (refined, rog)
-    assert abs(skipped - rog) < MARGIN / 2, (skipped, rog)
+    assert skipped < rog + MARGIN, (skipped, rog)  # the margin comes from the refinement stages
 
 
-MARGIN = 0.5  # dB; measured: rog 14.01, rog-refine 15.19, refinement cut to 1 iteration 14.12
+#: dB; measured 2026-12-02: rog 14.01, rog-refine 20.72, both refinement stages cut to 1 iteration 14.46 (only
+#: the 2x stage cut: 17.43, only the pixel stage cut: 17.36)
+MARGIN = 3.0
 
 
 def test_total_iterations_are_split_over_the_stages_in_their_proportions():
-    """``attack.iterations=N`` on a staged preset is its total budget: the preset's 100 + 60 become 10 + 6 for
-    16; a stage's own ``iterations`` is kept and the rest split; sign budgets are untouched; too small refused."""
+    """``attack.iterations=N`` on a staged preset is its total budget: the preset's 100 + 40 + 40 become
+    9 + 4 + 3 for 16 (rounded shares, the last stage takes the rest); a stage's own ``iterations`` is kept and the
+    rest split; sign budgets are untouched; too small refused."""
     from fedleak.attacks import ATTACKS
     from fedleak.errors import ConfigError
 
@@ -258,12 +268,53 @@ def test_total_iterations_are_split_over_the_stages_in_their_proportions():
         return [st.iterations for st in ATTACKS.options("rog-refine", raw).stages]
 
     preset = its({})
-    assert its({"iterations": 16}) == [round(16 * preset[0] / sum(preset)), 16 - round(16 * preset[0] / sum(preset))]
-    assert sum(its({"iterations": 1000})) == 1000
-    assert its({"iterations": 16, "stages": {1: {"iterations": 5}}}) == [11, 5]
+    assert preset == [100, 40, 40]
+    assert its({"iterations": 16}) == [9, 4, 3]
+    assert sum(its({"iterations": 1000})) == 1000 and its({"iterations": 360}) == [200, 80, 80]
+    assert its({"iterations": 16, "stages": {2: {"iterations": 5}}}) == [8, 3, 5]
     signs = [st.sign_iterations for st in ATTACKS.options("rog-refine", {"iterations": 16}).stages]
     assert signs == [st.sign_iterations for st in ATTACKS.options("rog-refine", {}).stages]
-    assert its({"iterations": 1}) == [1, 1]  # at least one per stage
-    assert its({"iterations": 3, "stages": {1: {"iterations": 5}}}) == [1, 5]
+    assert its({"iterations": 1}) == [1, 1, 1]  # at least one per stage
+    assert its({"iterations": 3, "stages": {1: {"iterations": 5}}}) == [1, 5, 1]
     with pytest.raises(ConfigError, match="iterations"):
         ATTACKS.options("rog-refine", {"iterations": 0})
+
+
+# ------------------------------------------------------------------------------ options for sparsified updates
+TOPK = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.99}])
+
+
+def test_sparse_options_apply_only_to_sparsified_updates():
+    """The preset's pixel stage matches by cosine (TV 0.1) for a top-k / random-k / pruned update and by L2 (TV
+    1.5) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
+    opts = ATTACKS.options("rog-refine", {})
+    assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2", 1.5)]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.0), ("cosine", 0.1)]
+    for name in ("randk", "prune"):
+        assert opts.stage_configs(types.SimpleNamespace(obfuscation=[{"name": name}]))[2].loss == "cosine"
+    assert [c.loss for c in opts.stage_configs(SIGN)] == ["l2", "l2", "l2"]
+    assert [c.iterations for c in opts.stage_configs(TOPK)] == [c.iterations for c in opts.stage_configs(None)]
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.sparse.loss=l2",
+                                         "attack.stages.1.sparse.tv=0.3"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.3), ("l2", 0.1)]
+
+
+@pytest.mark.parametrize("sparse, match", [
+    ({"iterations": 5}, r"stages\.2: .*sparse\.iterations: a stage's budget is its iterations"),
+    ({"los": "cosine"}, r"sparse\.los: not a stage option; valid: .*loss"),
+    ({"seed": 1}, r"sparse\.seed: not a stage option"),
+    ({"loss": "cosin"}, r"loss='cosin'; valid: cosine, l2"),
+])
+def test_bad_sparse_options_are_one_line_errors(sparse, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        fedleak.load_config(base={"attack": {"name": "rog-refine", "stages": {"2": {"sparse": sparse}}}})
+    assert "\n" not in str(e.value)
+
+
+def test_sparse_options_reach_the_engine_on_a_topk_update():
+    topk = Case({"seed": 1, "data": {"source": "builtin", "size": 16, "batch_size": 1}, "model": {"name": "lenet"},
+                 "obfuscation": [{"name": "topk", "sparsity": 0.9}], "attack": "rog"})
+    rec = attack("rog-refine", topk.server_view(), topk.client_update(),
+                 stages={"0": {"iterations": 2}, "1": {"iterations": 2}, "2": {"iterations": 2}})
+    assert [s["options"]["loss"] for s in rec.info["stages"]] == ["l2", "l2", "cosine"]

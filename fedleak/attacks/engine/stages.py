@@ -1,8 +1,11 @@
 """Multi-stage attacks: a sequence of engine stages, each starting from the images the previous one ended with.
 
-A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus ``sign_iterations``,
-the stage's budget for sign-compressed updates; ``iterations`` is the budget for every other update, and
-``sign_iterations: null`` means the same as ``iterations``). Options that describe the attacked problem or the run rather than the optimisation
+A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus two kinds of
+update-dependent settings). ``sign_iterations`` is the stage's budget for sign-compressed updates
+(``iterations`` is the budget for every other update; ``sign_iterations: null`` means the same as
+``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the update is sparsified
+(top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example ``{loss: cosine}``: the
+attacker reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the attacked problem or the run rather than the optimisation
 (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
 for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
 its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
@@ -10,7 +13,7 @@ its parameterisation (``pixels``: the images themselves, upsampled bicubically w
 
 Setting stage options (stages are numbered from 0):
 
-* ``--set attack.stages.1.iterations=300`` (or ``stages: {1: {iterations: 300}}`` in a config, or
+* ``--set attack.stages.2.iterations=300`` (or ``stages: {2: {iterations: 300}}`` in a config, or
   ``fedleak.attack("rog-refine", view, update, stages={1: {"lr": 0.02}})``): a mapping of stage index ->
   options, merged into the preset's stages. A stage's ``iterations`` does not change its sign budget: set
   ``stages.1.sign_iterations`` for that (the no-silent-override rule, README "Budgets").
@@ -38,7 +41,7 @@ from fedleak.attacks.engine.checkpoint import config_key
 from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, resolve_labels, _layer_weights
 from fedleak.attacks.engine.options import EngineConfig
 from fedleak.attacks.engine.parts import Parts, resolve_parts
-from fedleak.attacks.matching import Matcher
+from fedleak.attacks.matching import SPARSIFIERS, Matcher
 from fedleak.errors import ConfigError
 from fedleak.io import torch_load_safely
 from fedleak.options import Options
@@ -52,10 +55,28 @@ def is_sign_compressed(update) -> bool:
     return update is not None and any(str(s.get("name")) == "sign" for s in update.obfuscation or [])
 
 
+def is_sparsified(update) -> bool:
+    return update is not None and any(str(s.get("name")) in SPARSIFIERS for s in update.obfuscation or [])
+
+
 class StageOptions(EngineConfig):
-    """One stage: engine options, and its iterations for sign-compressed updates."""
+    """One stage: engine options, its iterations for sign-compressed updates and its options for sparsified
+    ones."""
 
     sign_iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+    sparse: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sparse")
+    @classmethod
+    def _sparse_keys(cls, v: dict) -> dict:
+        unknown = sorted(k for k in v if k not in EngineConfig.model_fields or k in SHARED)
+        if unknown:
+            valid = sorted(k for k in EngineConfig.model_fields if k not in SHARED)
+            raise ValueError(f"sparse.{unknown[0]}: not a stage option; valid: {', '.join(valid)}")
+        if "iterations" in v:  # one budget rule: iterations, and sign_iterations for sign-compressed updates
+            raise ValueError("sparse.iterations: a stage's budget is its iterations (sign_iterations for "
+                             "sign-compressed updates), the same for sparsified updates")
+        return v
 
 
 def _stage(i: int, raw: Any) -> StageOptions:
@@ -87,8 +108,18 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
             raise ValueError(f"stages.{key}: no such stage (stages are numbered 0 to {len(out) - 1})")
         if not isinstance(over, dict):
             raise ValueError(f"stages.{key} must be a mapping of options, got {type(over).__name__}")
-        out[idx] = {**out[idx], **over}
+        out[idx] = _merge_stage(out[idx], over)
     return out
+
+
+def _merge_stage(stage: dict, over: dict) -> dict:
+    """``stage`` with the options of ``over``; a mapping option (``sparse``) is merged key by key, so
+    ``stages.2.sparse.loss`` sets one option of it."""
+    merged = dict(stage)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(stage.get(key), dict)
+        merged[key] = {**stage[key], **value} if both else value
+    return merged
 
 
 def split_budget(stages: list[dict], total: int, keep: set[int] = frozenset()) -> list[dict]:
@@ -101,7 +132,9 @@ def split_budget(stages: list[dict], total: int, keep: set[int] = frozenset()) -
     left = max(len(free), total - sum(int(stages[i].get("iterations") or 0) for i in keep))  # >= 1 per stage
     own = [max(1, int(stages[i].get("iterations") or EngineConfig.model_fields["iterations"].default)) for i in free]
     shares = [max(1, round(left * o / sum(own))) for o in own]
-    shares[-1] = max(1, left - sum(shares[:-1]))
+    shares[-1] = max(1, shares[-1] + left - sum(shares))
+    for j in reversed(range(len(shares))):  # rounding up to 1 went over: take it back, later stages first
+        shares[j] -= min(shares[j] - 1, max(0, sum(shares) - left))
     out = [dict(st) for st in stages]
     for i, n in zip(free, shares):
         out[i]["iterations"] = n
@@ -154,18 +187,23 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        configs = self.stage_configs()  # every stage's engine options check (aware, priors, ...)
-        if configs[0].init == "previous":
-            raise ValueError("stages.0: init: previous needs a previous stage")
+        for sparse in (False, True):  # every stage's engine options check (aware, priors, ...), both variants
+            configs = self._configs(sign=False, sparse=sparse)
+            if configs[0].init == "previous":
+                raise ValueError("stages.0: init: previous needs a previous stage")
         return self
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
-        """The engine options of each stage, for ``update`` if given (its sign budget)."""
+        """The engine options of each stage, for ``update`` if given (its sign budget, its sparse options)."""
+        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update))
+
+    def _configs(self, sign: bool, sparse: bool) -> list[EngineConfig]:
         shared = {k: getattr(self, k) for k in SHARED}
-        sign = is_sign_compressed(update)
         out = []
         for i, st in enumerate(self.stages):
-            d = st.model_dump(exclude={"sign_iterations", *SHARED})
+            d = st.model_dump(exclude={"sign_iterations", "sparse", *SHARED})
+            if sparse:
+                d.update(st.sparse)
             if sign and st.sign_iterations:
                 d["iterations"] = st.sign_iterations
             try:
