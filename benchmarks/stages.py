@@ -3,7 +3,9 @@
 LeNet, FedSGD, known labels, seed 0, one thread by default. For each obfuscation row, ``rog`` (its preset
 budget), ``rog-refine`` and optionally ``inverting-gradients`` at an iteration count giving about the time of
 ``rog-refine`` are run on every batch of the images; the table gives mean PSNR / SSIM over the images (scored
-outside the attacker), the summed attack wall seconds and the ratio to ``rog``'s seconds:
+outside the attacker), the summed attack wall seconds, the summed CPU seconds of the attacking thread
+(``time.thread_time``: with one thread, less sensitive than wall time to other jobs on the machine) and the ratio of
+each to ``rog``'s:
 
     python benchmarks/stages.py                                    # 8 builtin photos, 64x64, batch 4
     python benchmarks/stages.py --data ../shared/data/imagenet-val-sample --limit 24
@@ -33,7 +35,7 @@ def run_attack(name: str, options: dict, args, obfuscation: list) -> dict:
     from fedleak.experiment.case import Case
     from fedleak.metrics.scores import psnr, ssim
 
-    ps, ss, seconds = [], [], 0.0
+    ps, ss, seconds, cpu = [], [], 0.0, 0.0
     for start in range(0, args.limit, args.batch):
         bs = min(args.batch, args.limit - start)
         case = Case({"seed": args.seed, "threads": args.threads,
@@ -41,13 +43,14 @@ def run_attack(name: str, options: dict, args, obfuscation: list) -> dict:
                      "model": {"name": "lenet"}, "protocol": {"name": "fedsgd"}, "obfuscation": obfuscation,
                      "attack": {"name": name}})
         view, update = case.server_view(), case.client_update()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         rec = attack(name, view, update, seed=args.seed, threads=args.threads, **options)
         seconds += time.perf_counter() - t0
+        cpu += time.thread_time() - c0
         with torch.no_grad():
             ps.extend(float(v) for v in psnr(rec.images, case.images).reshape(-1))
             ss.extend(float(v) for v in ssim(rec.images, case.images).reshape(-1))
-    return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "seconds": seconds, "images": len(ps)}
+    return {"psnr": sum(ps) / len(ps), "ssim": sum(ss) / len(ss), "seconds": seconds, "cpu": cpu, "images": len(ps)}
 
 
 def main(argv=None) -> None:
@@ -74,17 +77,18 @@ def main(argv=None) -> None:
     attacks = [("rog", {}), ("rog-refine", refine)]
     if ig_its:
         attacks.append(("inverting-gradients", {"iterations": ig_its}))
-    print(f"| preset | obfuscation | PSNR | SSIM | seconds | x rog |  ({args.limit} images, {args.size}x{args.size}, "
+    print(f"| preset | obfuscation | PSNR | SSIM | seconds | x rog | CPU seconds | CPU x rog |  ({args.limit} images, "
+          f"{args.size}x{args.size}, "
           f"batch {args.batch}, {args.threads} thread(s), data {args.data}, rog-refine {json.dumps(refine)})")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in args.rows:
         base = None
         for name, opts in attacks:
             r = run_attack(name, opts, args, ROWS[row])
-            base = r["seconds"] if name == "rog" else base
+            base = r if name == "rog" else base
             label = f"{name} ({ig_its} it)" if name == "inverting-gradients" else name
             print(f"| {label} | {row} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']:.1f} | "
-                  f"{r['seconds'] / base:.2f} |", flush=True)
+                  f"{r['seconds'] / base['seconds']:.2f} | {r['cpu']:.1f} | {r['cpu'] / base['cpu']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
