@@ -3,9 +3,10 @@
 A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus two kinds of
 update-dependent settings). ``sign_iterations`` is the stage's budget for sign-compressed updates
 (``iterations`` is the budget for every other update; ``sign_iterations: null`` means the same as
-``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the update is sparsified
-(top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example ``{loss: cosine}``: the
-attacker reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the attacked problem or the run rather than the optimisation
+``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
+update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
+``{loss: cosine}``: the attacker reads the obfuscation off the update's metadata and picks the stage that works
+for it. Options that describe the attacked problem or the run rather than the optimisation
 (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
 for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
 its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
