@@ -78,14 +78,22 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
-def current_rss() -> int:
-    """Resident set size of this process in bytes (0 if unknown)."""
+def _status_bytes(key: str) -> Optional[int]:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes, or None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (0 if unknown)."""
+    rss = _status_bytes("VmRSS")
+    if rss is not None:
+        return rss
     try:
         import psutil  # type: ignore
 
@@ -101,12 +109,9 @@ def peak_rss() -> int:
     child started by a large process reports its own peak. ``ru_maxrss`` (the fallback off Linux) does not:
     Linux carries the parent's peak at fork over into the child's ``ru_maxrss``.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     import sys
 
