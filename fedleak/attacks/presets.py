@@ -128,14 +128,15 @@ for _name in PRESETS:
 
 #: multi-stage presets: name -> (stages, options shared by the stages); each stage's ``sign_iterations`` is its
 #: budget for sign-compressed updates, used when the user did not set that stage's ``iterations``
+#: what the refinement stages of rog-refine share: each starts from the previous stage's images
+_REFINE = dict(iterations=40, sign_iterations=120, lr=0.05, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
+               mapping="box", init="previous", loss="l2")
+
 STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "rog-refine": (
         [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")} | {"sign_iterations": 300},
-         dict(iterations=40, sign_iterations=120, lr=0.05, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
-              param="lowres", scale=2, mapping="box", init="previous", loss="l2"),
-         dict(iterations=40, sign_iterations=120, lr=0.05, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
-              param="pixels", mapping="box", init="previous", loss="l2", tv=1.5, tv_size=128,
-              sparse=dict(loss="cosine", tv=0.1))],
+         _REFINE | dict(param="lowres", scale=2),
+         _REFINE | dict(param="pixels", tv=1.5, tv_size=128, sparse=dict(loss="cosine", tv=0.1))],
         dict(labels="auto", precision="auto")),
 }
 

@@ -52,12 +52,17 @@ SHARED = ("labels", "aware", "fast", "big_threshold", "seed", "threads", "checkp
           "on_nan", "max_nan_restarts", "callback_every", "dtype", "precision")
 
 
+def _declared(update) -> set[str]:
+    """The names of the obfuscations ``update`` declares (none for no update)."""
+    return set() if update is None else {str(s.get("name")) for s in update.obfuscation or []}
+
+
 def is_sign_compressed(update) -> bool:
-    return update is not None and any(str(s.get("name")) == "sign" for s in update.obfuscation or [])
+    return "sign" in _declared(update)
 
 
 def is_sparsified(update) -> bool:
-    return update is not None and any(str(s.get("name")) in SPARSIFIERS for s in update.obfuscation or [])
+    return bool(_declared(update) & SPARSIFIERS)
 
 
 class StageOptions(EngineConfig):
