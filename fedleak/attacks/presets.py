@@ -13,11 +13,11 @@
                        init, squared L2, Adam lr 0.05 with cosine decay to 0.1 x lr, 100 iterations
                        (``sign_iterations`` 300 when the update is sign-compressed).
 ``rog-refine``         Three stages, coarse to fine (:mod:`fedleak.attacks.engine.stages`): ``rog``'s 4x
-                       low-resolution latent (100 iterations), a 2x latent started from it (40), then
-                       full-resolution pixels (40) with a TV prior; squared L2, obfuscation-aware. For a
+                       low-resolution latent (60 iterations), a 2x latent started from it (40), then
+                       full-resolution pixels (90) with a TV prior; squared L2, obfuscation-aware. For a
                        sparsified update (top-k, random-k, pruning) the pixel stage matches by cosine
                        similarity (TV 0.1) instead. Not a paper's preset; tuned on the 8 builtin photos at
-                       64x64 (docs/results.md, "rog-refine, coarse to fine").
+                       64x64 and 128x128 (docs/results.md, "rog-refine, coarse to fine" and "budget split").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -134,9 +134,10 @@ _REFINE = dict(iterations=40, sign_iterations=120, lr=0.05, optimizer="adam", sc
 
 STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "rog-refine": (
-        [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")} | {"sign_iterations": 300},
+        [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")}
+         | {"iterations": 60, "sign_iterations": 300},
          _REFINE | dict(param="lowres", scale=2),
-         _REFINE | dict(param="pixels", tv=1.5, tv_size=128, sparse=dict(loss="cosine", tv=0.1))],
+         _REFINE | dict(param="pixels", iterations=90, tv=1.5, tv_size=128, sparse=dict(loss="cosine", tv=0.1))],
         dict(labels="auto", precision="auto")),
 }
 
