@@ -119,7 +119,7 @@ def test_progress_and_ctrl_c_across_stages(tiny):
     rec = run_stages(view, update, configs.stage_configs(update), callback=cb)
     assert {"iteration", "iterations", "restart", "restarts", "loss", "best_loss", "elapsed"} <= set(states[0])
     assert [(s["stage"], s["iteration"]) for s in states] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (1, 4)]
-    assert all(s["stages"] == 3 for s in states) and states[-1]["iterations"] == 50
+    assert all(s["stages"] == 3 and s["planned"] == 58 for s in states) and states[-1]["iterations"] == 50
     assert rec.info["interrupted"] and rec.info["stage"] == 1 and rec.info["iterations_run"] == 7
     assert rec.images.shape == (1, 3, 16, 16) and torch.isfinite(rec.images).all()
 
@@ -194,6 +194,7 @@ def test_staged_run_killed_in_its_last_stage_resumes_to_the_uninterrupted_result
     capsys.readouterr()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (killed, ref))
     assert a["attack"]["iterations_run"] == 40 + iters
+    assert a["attack"]["iterations_planned"] == b["attack"]["iterations_planned"] == 40 + iters  # all stages
     assert [s["iterations_run"] for s in a["attack"]["info"]["stages"]] == [30, 10, iters]
     assert a["summary"]["psnr"] == pytest.approx(b["summary"]["psnr"], abs=1e-4)
     ra = torch.load(killed / "reconstruction.pt", weights_only=True)

@@ -253,10 +253,12 @@ def _resume_point(ckpt: Optional[Path], first: EngineConfig, keys: list[dict]) -
     return {**state["carry"], "stage": state["stage"]}
 
 
-def _tagged(callback, stage: int, stages: int):
+def _tagged(callback, stage: int, configs: list[EngineConfig]):
+    """The callback with the stage added to each state, and ``planned``: the iterations of all the stages."""
     if callback is None:
         return None
-    return lambda state: callback({**state, "stage": stage, "stages": stages})
+    tags = {"stage": stage, "stages": len(configs), "planned": sum(c.iterations for c in configs)}
+    return lambda state: callback({**state, **tags})
 
 
 def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reconstruction:
@@ -281,7 +283,7 @@ def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reco
             staged = _stage_problem(problem, cfg, parts, first, carry["images"])
             meta = {"stage": s, "stages_key": keys, "carry": {k: carry[k] for k in ("images", "history", "stages")}}
             t_stage = time.perf_counter()
-            best, history, interrupted = optimise(staged, cfg, parts, _tagged(callback, s, len(configs)), t_start,
+            best, history, interrupted = optimise(staged, cfg, parts, _tagged(callback, s, configs), t_start,
                                                   meta)
             record = {"stage": s, "options": cfg.model_dump(exclude={"resume"}), "best_loss": best["loss"],
                       "iterations_run": len(history), "seconds": time.perf_counter() - t_stage,
