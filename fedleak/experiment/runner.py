@@ -258,11 +258,6 @@ def client_stage(cfg, run_dir: Path, log: RunLog) -> ClientSide:
     return ClientSide(case=case, update=update, view=view, seconds=seconds)
 
 
-def _planned(state: dict) -> Optional[int]:
-    """The iterations the attack planned: all stages' for a multi-stage attack, else the engine's."""
-    return state.get("planned", state.get("iterations"))
-
-
 def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bool, log: RunLog) -> Attacked:
     """Stage 3, the server side: the attack sees the server view and the update only."""
     from fedleak.attacks import attack
@@ -282,7 +277,7 @@ def attack_stage(plan: Plan, folder: RunFolder, client: ClientSide, progress: bo
         log(note)
     log(f"attack {'INTERRUPTED' if interrupted else 'finished'} after {len(hist)} iteration(s) in "
         f"{seconds:.2f}s" + (f", final loss {hist[-1]:.6g}" if hist else ""))
-    return Attacked(rec=rec, history=hist, interrupted=interrupted, planned=_planned(cb.last),
+    return Attacked(rec=rec, history=hist, interrupted=interrupted, planned=cb.last.get("planned"),
                     seconds=seconds)
 
 

@@ -297,8 +297,9 @@ def _one_run(cfg: EngineConfig, parts: Parts, problem: Problem, r: int, gen: tor
 
 def _progress(cfg: EngineConfig, run: _Run, r: int, lval: float, best: dict, t_start: float) -> dict:
     latent = run.latent
-    return {"iteration": run.it, "iterations": cfg.iterations, "restart": r, "restarts": cfg.restarts,
-            "loss": lval, "best_loss": min(run.best["loss"], best["loss"]),
+    # planned: the whole attack's iterations; a multi-stage attack sets it to its stages' total
+    return {"iteration": run.it, "iterations": cfg.iterations, "planned": cfg.iterations, "restart": r,
+            "restarts": cfg.restarts, "loss": lval, "best_loss": min(run.best["loss"], best["loss"]),
             "elapsed": time.perf_counter() - t_start,
             "images": lambda: latent.images().detach().clamp(0, 1).cpu()}
 

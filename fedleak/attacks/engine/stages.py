@@ -254,7 +254,7 @@ def _resume_point(ckpt: Optional[Path], first: EngineConfig, keys: list[dict]) -
 
 
 def _tagged(callback, stage: int, configs: list[EngineConfig]):
-    """The callback with the stage added to each state, and ``planned``: the iterations of all the stages."""
+    """The callback with the stage added to each state, and ``planned`` set to the iterations of all the stages."""
     if callback is None:
         return None
     tags = {"stage": stage, "stages": len(configs), "planned": sum(c.iterations for c in configs)}
