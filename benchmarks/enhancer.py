@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")
     ap.add_argument("--margin", type=float, default=0.0, help="the acceptance test's margin (relative loss decrease)")
     ap.add_argument("--no-classical", action="store_true", help="leave the classical enhancer out")
-    ap.add_argument("--accept", nargs="*", default=None, choices=["loss", "objective"],
+    ap.add_argument("--accept", nargs="*", default=None, choices=["layers", "loss", "objective"],
                     help="also score each enhancer with these acceptance tests (no value: loss)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--threads", type=int, default=1)

@@ -133,7 +133,7 @@ def test_unknown_classical_option_lists_valid_options():
 def test_check_config_returns_every_option():
     for none in (None, "", "null", "none", "NONE", {"name": None}, {}):
         assert check_config(none) == {"name": "none"}
-    acc = {"accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
+    acc = {"accept": "layers", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
     assert check_config("classical") == {"name": "classical", "method": "tv", "weight": None, "h": None, "scale": 4,
                                          **acc}
     assert check_config({"name": "classical", "method": "nlm", "h": 0}) == {
@@ -162,7 +162,7 @@ def test_registered_enhancer_is_reachable(monkeypatch):
 
     ENHANCERS.register("grey", doc="flat grey", options=GreyOptions)(
         Enhancer(run=lambda x, o: torch.full_like(x, o.level), check=checked.append))
-    assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25, "accept": "loss",
+    assert check_config({"name": "grey", "level": 0.25}) == {"name": "grey", "level": 0.25, "accept": "layers",
                                                              "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}
     assert checked and checked[-1].level == 0.25
     out = fedleak.enhance.enhance(torch.rand(2, 3, 8, 8), None, {"name": "grey", "level": 0.25})
@@ -383,7 +383,7 @@ def test_acceptance_rejects_a_harmful_enhancer_and_never_raises_the_loss(refined
     assert rec.info["enhancer_blend"] == [0.0, 0.0] and torch.equal(out, rec.images.clamp(0, 1))
     score, close = attack_objective(view, update, rec.info["attack_config"], rec.labels, priors=False)
     try:
-        assert score(out) <= score(rec.images) < score(plain)
+        assert score(out).total <= score(rec.images).total < score(plain).total
     finally:
         close()
     # without the update (no server-side test possible) the enhancer's output is returned as is
@@ -402,8 +402,43 @@ def test_acceptance_takes_a_blend_that_lowers_the_loss(refined):
     assert float(psnr(out, case.images).mean()) > float(psnr(rec.images, case.images).mean()) + 1.0
 
 
+def test_layers_rule_rejects_a_blend_that_trades_one_layer_for_another():
+    """accept: layers takes a candidate only when its total drops and no parameter's loss rises; accept: loss
+    takes any candidate whose total drops; a margin asks for a larger drop."""
+    from fedleak.attacks.engine.stages import Score
+    from fedleak.enhance.stage import Acceptance, _better
+
+    best = Score(10.0, (1.0, 9.0))
+    trade = Score(9.0, (1.5, 7.5))  # lower total, but the first layer fits worse
+    both = Score(9.5, (0.9, 8.6))
+    assert _better(trade, best, Acceptance(accept="loss")) and not _better(trade, best, Acceptance())
+    assert _better(both, best, Acceptance()) and _better(both, best, Acceptance(accept="loss"))
+    assert not _better(both, best, Acceptance(margin=0.05)) and _better(trade, best, Acceptance(accept="loss", margin=0.05))
+    assert not _better(Score(10.0, (0.5, 9.5)), best, Acceptance(accept="loss"))  # equal total: kept as is
+
+
+def test_layers_acceptance_never_raises_any_layer(refined):
+    """On a real reconstruction with a harmful and a helpful (the truth, a test-only oracle) candidate, the
+    images the layers rule returns fit every parameter at least as well as the raw reconstruction."""
+    from fedleak.attacks.engine.stages import attack_objective
+    from fedleak.enhance.stage import Acceptance, accept_blend
+
+    case, view, update, rec = refined
+    raw = rec.images.clamp(0, 1)
+    score, close = attack_objective(view, update, rec.info["attack_config"], rec.labels, priors=False)
+    try:
+        before = score(raw)
+        for cand in (case.images, (raw + 0.3 * torch.randn(raw.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)):
+            out, _ = accept_blend(raw, cand, view, update, rec, Acceptance())
+            after = score(out)
+            assert after.total <= before.total
+            assert all(a <= b for a, b in zip(after.layers, before.layers))
+    finally:
+        close()
+
+
 def test_acceptance_options_are_checked():
-    assert check_config({"name": "classical"})["accept"] == "loss"
+    assert check_config({"name": "classical"})["accept"] == "layers"
     assert check_config({"name": "learned", "accept": "objective", "blend": [1, 0.5]})["blend"] == [0.0, 0.5, 1.0]
     with pytest.raises(ConfigError, match="blend"):
         check_config({"name": "classical", "blend": [2]})

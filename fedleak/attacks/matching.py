@@ -107,25 +107,30 @@ class Matcher:
 
     def __call__(self, rep: GradRep) -> torch.Tensor:
         dt = next(iter(self.target.values())).dtype
-        dot = torch.zeros((), dtype=dt)
-        gg = torch.zeros((), dtype=dt)
-        tt = 0.0
-        l2 = torch.zeros((), dtype=dt)
+        sums = [torch.zeros((), dtype=dt), torch.zeros((), dtype=dt), 0.0, torch.zeros((), dtype=dt)]
+        for terms in self._terms(rep).values():
+            sums = [acc + t for acc, t in zip(sums, terms)]
+        return self._combine(*sums)
+
+    def per_layer(self, rep: GradRep) -> dict[str, torch.Tensor]:
+        """The loss of each compared parameter on its own (its weight applied), keyed by parameter name."""
+        return {k: self._combine(*terms) for k, terms in self._terms(rep).items()}
+
+    def _combine(self, dot, gg, tt, l2) -> torch.Tensor:
+        return l2 if self.mode == "sign" else self.loss.combine(dot, gg, tt, l2)
+
+    def _terms(self, rep: GradRep) -> dict[str, tuple]:
+        """Parameter name -> its weighted (dot, |g|^2, |t|^2, squared distance); weight-0 parameters left out."""
+        out = {}
         for k, g in rep.dense.items():
             w = self.weights.get(k, 1.0)
-            if w == 0:
-                continue
-            a, b, c, d = self._dense_terms(k, g)
-            dot, gg, tt, l2 = dot + w * a, gg + w * b, tt + w * c, l2 + w * d
+            if w != 0:
+                out[k] = tuple(w * v for v in self._dense_terms(k, g))
         for k, (D, H) in rep.factors.items():
             w = self.weights.get(k, 1.0)
-            if w == 0:
-                continue
-            a, b, c, d = self._factor_terms(k, D, H)
-            dot, gg, tt, l2 = dot + w * a, gg + w * b, tt + w * c, l2 + w * d
-        if self.mode == "sign":
-            return l2
-        return self.loss.combine(dot, gg, tt, l2)
+            if w != 0:
+                out[k] = tuple(w * v for v in self._factor_terms(k, D, H))
+        return out
 
     # each term returns (dot, |g|^2, |t|^2, squared-distance) restricted to what is compared
     def _dense_terms(self, k, g):

@@ -299,12 +299,22 @@ def run_stages(view, update, configs: list[EngineConfig], callback=None) -> Reco
     return rec
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A candidate's objective (:func:`attack_objective`): the total, and the matching loss of each compared
+    parameter on its own (in the matcher's parameter order; no priors)."""
+
+    total: float
+    layers: tuple[float, ...]
+
+
 def attack_objective(view, update, attack_config: dict, labels: Optional[torch.Tensor] = None, priors: bool = True):
     """The server-side objective of a finished attack, for judging candidate images after it (the enhancer's
-    acceptance test, :mod:`fedleak.enhance.stage`): ``(score, close)`` where ``score(images)`` is the matching
-    loss of ``images`` against ``update`` -- plus the last stage's weighted priors when ``priors`` -- with the
-    attack's loss, matching mode and labels (``labels``: the reconstruction's, else recovered as the attack
-    did). ``attack_config`` is a reconstruction's ``info["attack_config"]``. Uses only the server's view."""
+    acceptance test, :mod:`fedleak.enhance.stage`): ``(score, close)`` where ``score(images)`` is a
+    :class:`Score`: the matching loss of ``images`` against ``update`` -- plus the last stage's weighted priors
+    when ``priors`` -- and each parameter's matching loss, with the attack's loss, matching mode and labels
+    (``labels``: the reconstruction's, else recovered as the attack did). ``attack_config`` is a
+    reconstruction's ``info["attack_config"]``. Uses only the server's view."""
     keep = {k: v for k, v in attack_config.items() if k in EngineConfig.model_fields}
     # float32: candidates differ little, and bfloat16 rounding of the simulated update would decide between them
     cfg = EngineConfig(**{**keep, "checkpoint": None, "precision": "float32",
@@ -318,12 +328,14 @@ def attack_objective(view, update, attack_config: dict, labels: Optional[torch.T
                            problem.matcher.target)[0]
     terms = parts.prior_terms(cfg, max(problem.shape[-2:])) if priors else []
 
-    def score(images: torch.Tensor) -> float:
+    def score(images: torch.Tensor) -> Score:
         x = images.detach().to(getattr(torch, cfg.dtype))
         with torch.enable_grad():
-            total = problem.matcher(problem.simulate(x, y, False))
+            rep = problem.simulate(x, y, False)
+            total = problem.matcher(rep)
+            layers = tuple(float(v.detach()) for v in problem.matcher.per_layer(rep).values())
             for w, prior in terms:
                 total = total + w * prior.penalty(x)
-        return float(total.detach())
+        return Score(float(total.detach()), layers)
 
     return score, problem.fwd.close
