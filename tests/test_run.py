@@ -223,7 +223,7 @@ def test_enhancer_stage_reports_raw_and_enhanced(tmp_path, monkeypatch):
     assert m["enhanced"]["per_image"]["psnr"] != m["raw"]["per_image"]["psnr"]
     assert "enhanced_psnr" in m["summary"]
     assert calls["section"] == {"name": "classical", "method": "tv", "weight": 0.1, "h": None, "scale": 4,
-                                "accept": "loss", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}  # validated once, at the config edge, defaults filled in
+                                "accept": "layers", "blend": [0.0, 0.25, 0.5, 0.75, 1.0], "margin": 0.0}  # validated once, at the config edge, defaults filled in
     assert not hasattr(calls["view"], "images")  # the enhancer gets the server view, not the case
     assert torch.load(out / "reconstruction.pt", weights_only=True)["enhanced"].shape == (1, 3, 16, 16)
 
