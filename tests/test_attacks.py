@@ -66,21 +66,23 @@ def test_fast_matching_equals_dense(protocol, loss):
                                            ("l2", "mask", [{"name": "topk", "sparsity": 0.9}]),
                                            ("l2", "sign", [{"name": "sign"}])])
 def test_per_layer_losses_are_each_parameter_alone(loss, mode, obf):
-    """Matcher.per_layer gives, for each parameter, the loss of a matcher that compares only that parameter;
-    for L2 and sign matching (sums over coordinates) the per-parameter losses add up to the total."""
+    """Matcher.losses gives the loss and, for each parameter, the loss of a matcher that compares only that
+    parameter; for L2 and sign matching (sums over coordinates) the per-parameter losses add up to the total."""
     case = tiny_case(n=2, obfuscation=obf)
     u = case.client_update()
     _, f = _fwd(case)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     rep = f.fedsgd(x, case.labels)
     m = Matcher(u.tensors, loss, mode, None, tuple(f.big))
-    per = {k: float(v.detach()) for k, v in m.per_layer(rep).items()}
+    total, layers = m.losses(rep)
+    assert float(total.detach()) == float(m(rep).detach())
+    per = {k: float(v.detach()) for k, v in layers.items()}
     assert set(per) == set(u.tensors) and f.big  # the big (factorised) layer is among them
     for k in per:
         alone = Matcher(u.tensors, loss, mode, {j: float(j == k) for j in u.tensors}, tuple(f.big))(rep)
         assert per[k] == pytest.approx(float(alone.detach()), rel=1e-5, abs=1e-9), k
     if loss == "l2":
-        assert sum(per.values()) == pytest.approx(float(m(rep).detach()), rel=1e-5)
+        assert sum(per.values()) == pytest.approx(float(total.detach()), rel=1e-5)
     else:  # cosine over the whole update is not the sum of per-layer cosines
         assert all(0 <= v <= 2 for v in per.values())
     f.close()

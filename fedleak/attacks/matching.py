@@ -106,15 +106,20 @@ class Matcher:
                     self.sign_support[k] = (rows, cols, self.target_sign[k][rows, cols])
 
     def __call__(self, rep: GradRep) -> torch.Tensor:
+        return self._total(self._terms(rep))
+
+    def losses(self, rep: GradRep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and, from the same terms, the loss of each compared parameter on its own (its weight
+        applied), keyed by parameter name."""
+        terms = self._terms(rep)
+        return self._total(terms), {k: self._combine(*t) for k, t in terms.items()}
+
+    def _total(self, terms: dict[str, tuple]) -> torch.Tensor:
         dt = next(iter(self.target.values())).dtype
         sums = [torch.zeros((), dtype=dt), torch.zeros((), dtype=dt), 0.0, torch.zeros((), dtype=dt)]
-        for terms in self._terms(rep).values():
-            sums = [acc + t for acc, t in zip(sums, terms)]
+        for t in terms.values():
+            sums = [acc + v for acc, v in zip(sums, t)]
         return self._combine(*sums)
-
-    def per_layer(self, rep: GradRep) -> dict[str, torch.Tensor]:
-        """The loss of each compared parameter on its own (its weight applied), keyed by parameter name."""
-        return {k: self._combine(*terms) for k, terms in self._terms(rep).items()}
 
     def _combine(self, dot, gg, tt, l2) -> torch.Tensor:
         return l2 if self.mode == "sign" else self.loss.combine(dot, gg, tt, l2)

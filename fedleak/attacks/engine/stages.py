@@ -332,8 +332,8 @@ def attack_objective(view, update, attack_config: dict, labels: Optional[torch.T
         x = images.detach().to(getattr(torch, cfg.dtype))
         with torch.enable_grad():
             rep = problem.simulate(x, y, False)
-            total = problem.matcher(rep)
-            layers = tuple(float(v.detach()) for v in problem.matcher.per_layer(rep).values())
+            total, per_layer = problem.matcher.losses(rep)
+            layers = tuple(float(v.detach()) for v in per_layer.values())
             for w, prior in terms:
                 total = total + w * prior.penalty(x)
         return Score(float(total.detach()), layers)
