@@ -42,7 +42,7 @@ def _fwd(case):
 
 
 @pytest.mark.parametrize("protocol", [None, {"name": "fedavg", "local_steps": 3, "lr": 0.1, "local_batch_size": 1}])
-@pytest.mark.parametrize("loss", ["l2", "cosine"])
+@pytest.mark.parametrize("loss", ["l2", "cosine", "l2-relative"])
 def test_fast_matching_equals_dense(protocol, loss):
     """Gram / low-rank evaluation of big linear layers gives the same loss and image gradient as dense."""
     case = tiny_case(n=2, protocol=protocol)
@@ -85,6 +85,26 @@ def test_per_layer_losses_are_each_parameter_alone(loss, mode, obf):
         assert sum(per.values()) == pytest.approx(float(total.detach()), rel=1e-5)
     else:  # cosine over the whole update is not the sum of per-layer cosines
         assert all(0 <= v <= 2 for v in per.values())
+    f.close()
+
+
+@pytest.mark.parametrize("mode,obf", [("plain", []), ("mask", [{"name": "topk", "sparsity": 0.9}])])
+def test_relative_l2_is_l2_over_the_received_energy(mode, obf):
+    """``l2-relative`` is the squared distance over |t|^2 (the sent coordinates' energy under top-k), computed
+    independently here from the dense simulated update."""
+    case = tiny_case(n=2, obfuscation=obf)
+    u = case.client_update()
+    _, f = _fwd(case)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    rep = f.fedsgd(x, case.labels)
+    dense = {k: v.detach().double() for k, v in rep.materialise().items()}
+    sent = {k: (t != 0).double() if mode == "mask" else torch.ones_like(t, dtype=torch.double)
+            for k, t in u.tensors.items()}
+    l2 = sum(float((((dense[k] - t.double()) * sent[k]) ** 2).sum()) for k, t in u.tensors.items())
+    tt = sum(float((t.double() ** 2).sum()) for t in u.tensors.values())
+    rel = float(Matcher(u.tensors, "l2-relative", mode, None, tuple(f.big))(rep).detach())
+    assert rel == pytest.approx(l2 / tt, rel=1e-4)
+    assert float(Matcher(u.tensors, "l2", mode, None, tuple(f.big))(rep).detach()) == pytest.approx(l2, rel=1e-4)
     f.close()
 
 

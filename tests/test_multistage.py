@@ -286,19 +286,34 @@ TOPK = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.99}])
 
 
 def test_sparse_options_apply_only_to_sparsified_updates():
-    """The preset's pixel stage matches by cosine (TV 0.1) for a top-k / random-k / pruned update and by L2 (TV
-    1.5) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
+    """The preset's pixel stage matches by cosine (TV 0.1) for a top-k / random-k / pruned update and by relative
+    L2 (TV 0.1) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
     opts = ATTACKS.options("rog-refine", {})
-    assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2", 1.5)]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2-relative", 0.1)]
     assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.0), ("cosine", 0.1)]
     for name in ("randk", "prune"):
         assert opts.stage_configs(types.SimpleNamespace(obfuscation=[{"name": name}]))[2].loss == "cosine"
-    assert [c.loss for c in opts.stage_configs(SIGN)] == ["l2", "l2", "l2"]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(SIGN)] == [("l2", 0.0), ("l2", 0.0), ("l2", 1.5)]
     assert [c.iterations for c in opts.stage_configs(TOPK)] == [c.iterations for c in opts.stage_configs(None)]
     cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.sparse.loss=l2",
                                          "attack.stages.1.sparse.tv=0.3"])
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.3), ("l2", 0.1)]
+
+
+def test_signsgd_options_apply_only_to_sign_compressed_updates():
+    """``signsgd`` replaces a stage's options for a sign-compressed update only, merges key by key from
+    ``--set``, and carries no budget (sign_iterations is the sign budget)."""
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.1.signsgd.tv=0.4",
+                                         "attack.stages.2.signsgd.lr=0.02"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    sign = opts.stage_configs(SIGN)
+    assert [(c.tv, c.lr) for c in sign] == [(0.0, 0.05), (0.4, 0.05), (1.5, 0.02)]
+    assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
+    assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
+    with pytest.raises(ConfigError, match=r"signsgd\.iterations: a stage's budget is its iterations") as e:
+        fedleak.load_config(base={"attack": {"name": "rog-refine", "stages": {"2": {"signsgd": {"iterations": 5}}}}})
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("sparse, match", [

@@ -40,5 +40,12 @@ def _cosine(dot, gg, tt, l2):
 
 
 LOSSES.register("l2", doc="sum of squared differences (DLG, ROG)")(MatchLoss(_l2, direct=True))
+def _l2_relative(dot, gg, tt, l2):
+    return l2 / max(tt, 1e-30)
+
+
 LOSSES.register("cosine", doc="1 - cosine similarity over the whole update (Inverting Gradients)")(
     MatchLoss(_cosine))
+LOSSES.register("l2-relative", doc="squared distance over the received update's squared norm |t|^2: free of the "
+                "update's scale, so a prior's weight means the same for a FedAvg pseudo-gradient, a trained model "
+                "or a noisy update")(MatchLoss(_l2_relative, direct=True))

@@ -152,7 +152,7 @@ class Matcher:
             g = g * self.masks[k]
         if self.loss.direct:  # direct difference: no cancellation between large terms
             z = g.new_zeros(())
-            return z, z, 0.0, ((g - t) ** 2).sum()
+            return z, z, self.tnorm2[k], ((g - t) ** 2).sum()
         dot = (g * t).sum()
         gg = (g * g).sum()
         return dot, gg, self.tnorm2[k], gg - 2 * dot + self.tnorm2[k]

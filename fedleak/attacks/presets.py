@@ -13,11 +13,13 @@
                        init, squared L2, Adam lr 0.05 with cosine decay to 0.1 x lr, 100 iterations
                        (``sign_iterations`` 300 when the update is sign-compressed).
 ``rog-refine``         Three stages, coarse to fine (:mod:`fedleak.attacks.engine.stages`): ``rog``'s 4x
-                       low-resolution latent (60 iterations), a 2x latent started from it (40), then
-                       full-resolution pixels (90) with a TV prior; squared L2, obfuscation-aware. For a
-                       sparsified update (top-k, random-k, pruning) the pixel stage matches by cosine
-                       similarity (TV 0.1) instead. Not a paper's preset; tuned on the 8 builtin photos at
-                       64x64 and 128x128 (docs/results.md, "rog-refine, coarse to fine" and "budget split").
+                       low-resolution latent (60 iterations), a 2x latent started from it (40), both squared
+                       L2, then full-resolution pixels (90) matched by ``l2-relative`` (squared L2 over the
+                       received update's energy, so the TV weight 0.1 means the same for any update scale:
+                       FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
+                       update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.1)
+                       instead; for a sign-compressed one by l1 sign agreement with TV 1.5. Not a paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128
+                       (docs/results.md, "rog-refine, coarse to fine", "budget split" and "relative L2").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -137,12 +139,14 @@ STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
         [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")}
          | {"iterations": 60, "sign_iterations": 300},
          _REFINE | dict(param="lowres", scale=2),
-         _REFINE | dict(param="pixels", iterations=90, tv=1.5, tv_size=128, sparse=dict(loss="cosine", tv=0.1))],
+         _REFINE | dict(param="pixels", iterations=90, loss="l2-relative", tv=0.1, tv_size=128,
+                        sparse=dict(loss="cosine", tv=0.1), signsgd=dict(loss="l2", tv=1.5))],
         dict(labels="auto", precision="auto")),
 }
 
 _STAGED_DOCS = {
-    "rog-refine": "coarse to fine: ROG's 4x low-res stage, a 2x low-res stage, then full-resolution pixels (L2 + TV)",
+    "rog-refine": "coarse to fine: ROG's 4x low-res stage, a 2x low-res stage, then full-resolution pixels "
+                  "(relative L2 + TV)",
 }
 
 

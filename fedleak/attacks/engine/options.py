@@ -3,7 +3,7 @@
 Names chosen from a registry (``loss``, ``schedule``, ``param``, the keys of ``priors``) are checked against it
 here and resolved to their objects once, in :func:`fedleak.attacks.engine.parts.resolve_parts`. Every problem
 is a one-line :class:`~fedleak.errors.ConfigError` that names the option (``callback_every must be >= 1, got 0``,
-``loss='x'; valid: cosine, l2``), whether the options come from a config file, :func:`fedleak.attack` or
+``loss='x'; valid: cosine, l2, l2-relative``), whether the options come from a config file, :func:`fedleak.attack` or
 ``EngineConfig(...)`` directly.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ class EngineConfig(Options):
     scale: int = Field(4, ge=1)
     mapping: Literal["box", "sigmoid", "none"] = "box"  # box: projected to [0, 1]; none: output clamped
     init: Literal["uniform", "randn", "gray", "previous"] = "uniform"  # previous: the previous stage's images
-    loss: str = "l2"  # LOSSES: l2 | cosine
+    loss: str = "l2"  # LOSSES: l2 | cosine | l2-relative
     layer_weights: Optional[dict[str, float]] = None
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)

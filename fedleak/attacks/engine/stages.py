@@ -5,9 +5,9 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 (``iterations`` is the budget for every other update; ``sign_iterations: null`` means the same as
 ``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
-``{loss: cosine}``: the attacker reads the obfuscation off the update's metadata and picks the stage that works
-for it. Options that describe the attacked problem or the run rather than the optimisation
-(:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
+``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``): the attacker
+reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the
+attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
 for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
 its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
 ``lowres``: area-downsampled).
@@ -66,22 +66,23 @@ def is_sparsified(update) -> bool:
 
 
 class StageOptions(EngineConfig):
-    """One stage: engine options, its iterations for sign-compressed updates and its options for sparsified
-    ones."""
+    """One stage: engine options, its iterations for sign-compressed updates and the options that replace its
+    own for sparsified (``sparse``) and for sign-compressed (``signsgd``) updates."""
 
     sign_iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
     sparse: dict[str, Any] = Field(default_factory=dict)
+    signsgd: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("sparse")
+    @field_validator("sparse", "signsgd")
     @classmethod
-    def _sparse_keys(cls, v: dict) -> dict:
+    def _override_keys(cls, v: dict, info) -> dict:
         unknown = sorted(k for k in v if k not in EngineConfig.model_fields or k in SHARED)
         if unknown:
             valid = sorted(k for k in EngineConfig.model_fields if k not in SHARED)
-            raise ValueError(f"sparse.{unknown[0]}: not a stage option; valid: {', '.join(valid)}")
+            raise ValueError(f"{info.field_name}.{unknown[0]}: not a stage option; valid: {', '.join(valid)}")
         if "iterations" in v:  # one budget rule: iterations, and sign_iterations for sign-compressed updates
-            raise ValueError("sparse.iterations: a stage's budget is its iterations (sign_iterations for "
-                             "sign-compressed updates), the same for sparsified updates")
+            raise ValueError(f"{info.field_name}.iterations: a stage's budget is its iterations (sign_iterations "
+                             "for sign-compressed updates)")
         return v
 
 
@@ -119,7 +120,7 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
 
 
 def _merge_stage(stage: dict, over: dict) -> dict:
-    """``stage`` with the options of ``over``; a mapping option (``sparse``) is merged key by key, so
+    """``stage`` with the options of ``over``; a mapping option (``sparse``, ``signsgd``) is merged key by key, so
     ``stages.2.sparse.loss`` sets one option of it."""
     merged = dict(stage)
     for key, value in over.items():
@@ -193,23 +194,26 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        for sparse in (False, True):  # every stage's engine options check (aware, priors, ...), both variants
-            configs = self._configs(sign=False, sparse=sparse)
+        for sign, sparse in ((False, False), (False, True), (True, False)):  # every variant's engine options check
+            configs = self._configs(sign=sign, sparse=sparse)
             if configs[0].init == "previous":
                 raise ValueError("stages.0: init: previous needs a previous stage")
         return self
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
-        """The engine options of each stage, for ``update`` if given (its sign budget, its sparse options)."""
+        """The engine options of each stage, for ``update`` if given (its sign budget and options, its sparse
+        options)."""
         return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update))
 
     def _configs(self, sign: bool, sparse: bool) -> list[EngineConfig]:
         shared = {k: getattr(self, k) for k in SHARED}
         out = []
         for i, st in enumerate(self.stages):
-            d = st.model_dump(exclude={"sign_iterations", "sparse", *SHARED})
+            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", *SHARED})
             if sparse:
                 d.update(st.sparse)
+            if sign:
+                d.update(st.signsgd)
             if sign and st.sign_iterations:
                 d["iterations"] = st.sign_iterations
             try:
