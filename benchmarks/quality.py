@@ -114,7 +114,8 @@ def run_row(name: str, args, n_images: int) -> dict:
         for k, v in m["mean"].items():  # batch-level scores (label accuracy): weight by batch size
             if k not in m["per_image"] and isinstance(v, (int, float)):
                 per_image.setdefault(k, []).extend([v] * bs)
-        print(f"  {name} batch {b}: PSNR {m['mean']['psnr']:.2f} dB ({secs:.0f} s)", file=sys.stderr, flush=True)
+        print(f"  {name} batch {b}: PSNR {m['mean']['psnr']:.2f} dB, SSIM {m['mean']['ssim']:.3f}, "
+              f"ROG-SSIM {m['mean']['ssim_rog']:.3f} ({secs:.0f} s)", file=sys.stderr, flush=True)
     means = {k: sum(v) / len(v) for k, v in per_image.items() if v and isinstance(v[0], (int, float))}
     return {"row": name, "config": cfg, "mean": means, "seconds": seconds, "s_per_iter": seconds / max(1, its)}
 

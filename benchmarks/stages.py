@@ -1,6 +1,6 @@
 """Multi-stage attacks against their single-stage presets, measured in one process (issue 12, groundwork).
 
-LeNet, FedSGD, known labels, seed 0, one thread by default. For each obfuscation row, ``rog`` (its preset
+LeNet, FedSGD (FedAvg, 5 local steps at lr 0.003, in row ``fedavg5``), known labels, seed 0, one thread by default. For each obfuscation row, ``rog`` (its preset
 budget), ``rog-refine`` and optionally ``inverting-gradients`` at an iteration count giving about the time of
 ``rog-refine`` are run on every batch of the images; the table gives mean PSNR / SSIM over the images (scored
 outside the attacker), the summed attack wall seconds, the summed CPU seconds of the attacking thread
@@ -18,29 +18,33 @@ import argparse
 import json
 import time
 
+FEDSGD = {"name": "fedsgd"}
+#: row -> (protocol, obfuscation)
 ROWS = {
-    "none": [],
-    "qsgd4": [{"name": "qsgd", "levels": 4}],
-    "qsgd16": [{"name": "qsgd", "levels": 16}],
-    "topk90": [{"name": "topk", "sparsity": 0.9}],
-    "topk99": [{"name": "topk", "sparsity": 0.99}],
-    "sign": [{"name": "sign"}],
+    "none": (FEDSGD, []),
+    "qsgd4": (FEDSGD, [{"name": "qsgd", "levels": 4}]),
+    "qsgd16": (FEDSGD, [{"name": "qsgd", "levels": 16}]),
+    "topk90": (FEDSGD, [{"name": "topk", "sparsity": 0.9}]),
+    "topk99": (FEDSGD, [{"name": "topk", "sparsity": 0.99}]),
+    "sign": (FEDSGD, [{"name": "sign"}]),
+    "fedavg5": ({"name": "fedavg", "local_steps": 5, "lr": 0.003}, []),
 }
 
 
-def run_attack(name: str, options: dict, args, obfuscation: list) -> dict:
+def run_attack(name: str, options: dict, args, row: tuple) -> dict:
     import torch
 
     from fedleak.attacks import attack
     from fedleak.experiment.case import Case
     from fedleak.metrics.scores import psnr, ssim
 
+    protocol, obfuscation = row
     ps, ss, seconds, cpu = [], [], 0.0, 0.0
     for start in range(0, args.limit, args.batch):
         bs = min(args.batch, args.limit - start)
         case = Case({"seed": args.seed, "threads": args.threads,
                      "data": {"source": args.data, "size": args.size, "batch_size": bs, "start": start},
-                     "model": {"name": "lenet"}, "protocol": {"name": "fedsgd"}, "obfuscation": obfuscation,
+                     "model": {"name": "lenet"}, "protocol": protocol, "obfuscation": obfuscation,
                      "attack": {"name": name}})
         view, update = case.server_view(), case.client_update()
         t0, c0 = time.perf_counter(), time.thread_time()
