@@ -1,8 +1,9 @@
 """Multi-stage attacks against their single-stage presets, measured in one process (issue 12, groundwork).
 
-LeNet, FedSGD (FedAvg, 5 local steps at lr 0.003, in row ``fedavg5``), known labels, seed 0, one thread by default. For each obfuscation row, ``rog`` (its preset
-budget), ``rog-refine`` and optionally ``inverting-gradients`` at an iteration count giving about the time of
-``rog-refine`` are run on every batch of the images; the table gives mean PSNR / SSIM over the images (scored
+LeNet, FedSGD (FedAvg, 5 local steps at lr 0.003, in row ``fedavg5``), known labels, seed 0, one thread by
+default. For each obfuscation row, ``rog`` (its preset budget), ``rog-refine`` and optionally
+``inverting-gradients`` at an iteration count giving about the time of ``rog-refine`` are run on every batch of
+the images; the table gives mean PSNR / SSIM over the images (scored
 outside the attacker), the summed attack wall seconds, the summed CPU seconds of the attacking thread
 (``time.thread_time``: with one thread, less sensitive than wall time to other jobs on the machine) and the ratio of
 each to ``rog``'s:

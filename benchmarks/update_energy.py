@@ -4,8 +4,8 @@ by ``l2-relative`` (squared L2 over |t|^2), not plain L2.
 A prior's weight is only meaningful against the matching loss it is added to. Plain L2 grows with |t|^2, which
 changes with the protocol (a FedAvg pseudo-gradient sums several steps), with the quantisation noise and with the
 model's training state, so one TV weight is too weak for some updates and too strong for others. This prints
-|t|^2 for the rows of ``benchmarks/quality.py`` (LeNet, known labels, seed 0; only the client updates are
-computed, no attack):
+|t|^2 for rows of ``benchmarks/stages.py`` (LeNet, known labels, seed 0; only the client updates are computed,
+no attack):
 
     python benchmarks/update_energy.py                                   # 8 builtin photos, 128x128, batch 8
     python benchmarks/update_energy.py --data ../shared/data/imagenet-val-sample --limit 24
@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-ROWS = {
-    "none": ({"name": "fedsgd"}, []),
-    "qsgd16": ({"name": "fedsgd"}, [{"name": "qsgd", "levels": 16}]),
-    "qsgd4": ({"name": "fedsgd"}, [{"name": "qsgd", "levels": 4}]),
-    "fedavg5": ({"name": "fedavg", "local_steps": 5, "lr": 0.003}, []),
-}
+from stages import ROWS  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def energy(data: str, size: int, batch: int, start: int, row: str, model: str) -> float:
@@ -38,7 +33,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--limit", type=int, default=8, help="number of images (batches of --batch)")
     ap.add_argument("--model", default="lenet")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=["none", "qsgd16", "qsgd4", "fedavg5"], choices=list(ROWS))
     args = ap.parse_args(argv)
     import torch
 

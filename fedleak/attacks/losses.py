@@ -39,11 +39,11 @@ def _cosine(dot, gg, tt, l2):
     return 1.0 - dot / (gg.clamp_min(1e-30).sqrt() * max(tt, 1e-30) ** 0.5)
 
 
-LOSSES.register("l2", doc="sum of squared differences (DLG, ROG)")(MatchLoss(_l2, direct=True))
 def _l2_relative(dot, gg, tt, l2):
     return l2 / max(tt, 1e-30)
 
 
+LOSSES.register("l2", doc="sum of squared differences (DLG, ROG)")(MatchLoss(_l2, direct=True))
 LOSSES.register("cosine", doc="1 - cosine similarity over the whole update (Inverting Gradients)")(
     MatchLoss(_cosine))
 LOSSES.register("l2-relative", doc="squared distance over the received update's squared norm |t|^2: free of the "

@@ -18,8 +18,9 @@
                        received update's energy, so the TV weight 0.1 means the same for any update scale:
                        FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
                        update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.1)
-                       instead; for a sign-compressed one by l1 sign agreement with TV 1.5. Not a paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128
-                       (docs/results.md, "rog-refine, coarse to fine", "budget split" and "relative L2").
+                       instead; for a sign-compressed one by l1 sign agreement with TV 1.5. Not a paper's
+                       preset; tuned on the 8 builtin photos at 64x64 and 128x128 (docs/results.md,
+                       "rog-refine, coarse to fine", "budget split" and "relative L2").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see

@@ -3,8 +3,8 @@
 Names chosen from a registry (``loss``, ``schedule``, ``param``, the keys of ``priors``) are checked against it
 here and resolved to their objects once, in :func:`fedleak.attacks.engine.parts.resolve_parts`. Every problem
 is a one-line :class:`~fedleak.errors.ConfigError` that names the option (``callback_every must be >= 1, got 0``,
-``loss='x'; valid: cosine, l2, l2-relative``), whether the options come from a config file, :func:`fedleak.attack` or
-``EngineConfig(...)`` directly.
+``loss='x'; valid: cosine, l2, l2-relative``), whether the options come from a config file,
+:func:`fedleak.attack` or ``EngineConfig(...)`` directly.
 """
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
 ``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``): the attacker
 reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the
-attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision, checkpointing, ...) are set once, on the attack, and hold
-for every stage. A stage with ``init: previous`` starts from the best images of the stage before it, encoded by
-its parameterisation (``pixels``: the images themselves, upsampled bicubically where the resolution differs;
-``lowres``: area-downsampled).
+attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision,
+checkpointing, ...) are set once, on the attack, and hold for every stage. A stage with ``init: previous``
+starts from the best images of the stage before it, encoded by its parameterisation (``pixels``: the images
+themselves, upsampled bicubically where the resolution differs; ``lowres``: area-downsampled).
 
 Setting stage options (stages are numbered from 0):
 
@@ -214,8 +214,8 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
                 d.update(st.sparse)
             if sign:
                 d.update(st.signsgd)
-            if sign and st.sign_iterations:
-                d["iterations"] = st.sign_iterations
+                if st.sign_iterations:
+                    d["iterations"] = st.sign_iterations
             try:
                 out.append(EngineConfig(**d, **shared))
             except ConfigError as e:
