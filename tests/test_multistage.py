@@ -286,11 +286,13 @@ TOPK = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.99}])
 
 
 def test_sparse_options_apply_only_to_sparsified_updates():
-    """The preset's pixel stage matches by cosine (TV 0.1) for a top-k / random-k / pruned update and by relative
+    """The preset's pixel stage matches by cosine (TV 0.05) for a top-k / random-k / pruned update and by relative
     L2 (TV 0.1) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
     opts = ATTACKS.options("rog-refine", {})
     assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2-relative", 0.1)]
-    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.0), ("cosine", 0.1)]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.0), ("cosine", 0.05)]
+    assert [c.final_lr_factor for c in opts.stage_configs(TOPK)] == [0.1, 0.1, 0.3]
+    assert opts.stage_configs(None)[2].final_lr_factor == 0.1
     for name in ("randk", "prune"):
         assert opts.stage_configs(types.SimpleNamespace(obfuscation=[{"name": name}]))[2].loss == "cosine"
     assert [(c.loss, c.tv) for c in opts.stage_configs(SIGN)] == [("l2", 0.0), ("l2", 0.0), ("l2", 1.5)]
@@ -298,7 +300,7 @@ def test_sparse_options_apply_only_to_sparsified_updates():
     cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.sparse.loss=l2",
                                          "attack.stages.1.sparse.tv=0.3"])
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
-    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.3), ("l2", 0.1)]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.3), ("l2", 0.05)]
 
 
 def test_signsgd_options_apply_only_to_sign_compressed_updates():
@@ -309,7 +311,7 @@ def test_signsgd_options_apply_only_to_sign_compressed_updates():
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     sign = opts.stage_configs(SIGN)
     assert [(c.tv, c.lr) for c in sign] == [(0.0, 0.05), (0.4, 0.05), (1.5, 0.02)]
-    assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
+    assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.05, 0.05)]
     assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
     with pytest.raises(ConfigError, match=r"signsgd\.iterations: a stage's budget is its iterations") as e:
         fedleak.load_config(base={"attack": {"name": "rog-refine", "stages": {"2": {"signsgd": {"iterations": 5}}}}})

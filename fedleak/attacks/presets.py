@@ -17,10 +17,10 @@
                        L2, then full-resolution pixels (90) matched by ``l2-relative`` (squared L2 over the
                        received update's energy, so the TV weight 0.1 means the same for any update scale:
                        FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
-                       update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.1)
-                       instead; for a sign-compressed one by l1 sign agreement with TV 1.5. Not a paper's
+                       update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.05,
+                       lr decaying to 0.3 x) instead; for a sign-compressed one by l1 sign agreement with TV 1.5. Not a paper's
                        preset; tuned on the 8 builtin photos at 64x64 and 128x128 (docs/results.md,
-                       "rog-refine, coarse to fine", "budget split" and "relative L2").
+                       "rog-refine, coarse to fine", "budget split", "relative L2" and "sparse pixel stage").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -141,7 +141,7 @@ STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
          | {"iterations": 60, "sign_iterations": 300},
          _REFINE | dict(param="lowres", scale=2),
          _REFINE | dict(param="pixels", iterations=90, loss="l2-relative", tv=0.1, tv_size=128,
-                        sparse=dict(loss="cosine", tv=0.1), signsgd=dict(loss="l2", tv=1.5))],
+                        sparse=dict(loss="cosine", tv=0.05, final_lr_factor=0.3), signsgd=dict(loss="l2", tv=1.5))],
         dict(labels="auto", precision="auto")),
 }
 
