@@ -259,3 +259,83 @@ def test_bfloat16_simulation_approximates_the_float32_gradient():
     # and the attack runs end to end in bfloat16, reporting it
     rec = attack({"name": "rog", "iterations": 3, "precision": "bfloat16"}, case.server_view(), upd)
     assert rec.info["precision"] == "bfloat16" and torch.isfinite(rec.images).all()
+
+
+def test_qsgd_likelihood_is_the_probability_of_stochastic_rounding():
+    """exp(-nll) of one entry is the frequency with which QSGD sends that level (Monte Carlo over its rounding)."""
+    from fedleak.attacks.losses import qsgd_nll
+    from fedleak.client.obfuscations import build_pipeline
+    from fedleak.client.obfuscations.base import ObfContext
+
+    g = torch.tensor([3.0, 1.3, -0.45, 0.2])  # max 3 and levels 4: step 1, r = 3, 1.3, -0.45, 0.2
+    qsgd = build_pipeline([{"name": "qsgd", "levels": 4}])
+    draws = 20000
+    # one tensor of `draws` copies: its max is still 3, so every copy is rounded with step 1, independently
+    sent = qsgd.apply({"g": g.repeat(draws)}, ObfContext(generator=torch.Generator().manual_seed(0)))["g"]
+    sent = sent.reshape(draws, len(g))
+    for j in range(1, 4):
+        for level in torch.unique(sent[:, j]):
+            freq = float((sent[:, j] == level).double().mean())
+            prob = float(torch.exp(-qsgd_nll(g[j:j + 1], level.reshape(1), 1.0)))
+            assert prob == pytest.approx(freq, abs=0.015), (j, float(level))
+    assert float(qsgd_nll(g[:1], torch.tensor([3.0]), 1.0)) == pytest.approx(0.0, abs=1e-6)  # the max is exact
+
+
+def test_qsgd_likelihood_matcher_reads_the_step_and_refuses_other_updates():
+    case = tiny_case(obfuscation=[{"name": "qsgd", "levels": 4}])
+    u = case.client_update()
+    _, f = _fwd(case)
+    from fedleak.attacks.matching import quantiser_of
+
+    m = Matcher(u.tensors, "qsgd-likelihood", "plain", None, tuple(f.big), quantiser_of(u))
+    for k, t in u.tensors.items():
+        if t.abs().max() > 0:  # every received entry is a whole number of steps
+            levels = t.double() / m.steps[k]
+            assert float((levels - levels.round()).abs().max()) < 1e-4, k
+    at_truth, noise = f.fedsgd(case.images, case.labels), f.fedsgd(torch.rand_like(case.images), case.labels)
+    assert float(m(at_truth).detach()) < float(m(noise).detach())
+    plain = tiny_case().client_update()
+    with pytest.raises(ConfigError, match="qsgd-likelihood needs an update whose last obfuscation is qsgd"):
+        Matcher(plain.tensors, "qsgd-likelihood", "plain", None, tuple(f.big), quantiser_of(plain))
+    f.close()
+
+
+def test_qsgd_likelihood_gradient_is_the_derivative_of_the_kernel():
+    from fedleak.attacks.losses import QSGD_FLOOR, qsgd_nll
+
+    gen = torch.Generator().manual_seed(1)
+    g = (torch.randn(200, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    t = torch.round(torch.randn(200, generator=gen, dtype=torch.float64) * 2) * 0.7
+    qsgd_nll(g, t, 0.7).backward()
+    fused, g.grad = g.grad.clone(), None
+    d = (torch.round(t / 0.7) - g / 0.7).abs()
+    plain = (-torch.log1p(-d.clamp(max=1 - QSGD_FLOOR)) + (d - 1 + QSGD_FLOOR).clamp_min(0) / QSGD_FLOOR).sum()
+    plain.backward()
+    assert torch.allclose(fused, g.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_qsgd_likelihood_on_a_factorised_layer_matches_the_whole_gradient(monkeypatch):
+    """A large linear layer with few sent entries is scored on them and on a sample of its zeros; with every
+    zero in the sample that is exact, and a sample still estimates the whole loss closely. A sample too small
+    for the factors' free values falls back to the whole gradient (exact)."""
+    import fedleak.attacks.matching as matching
+    from fedleak.attacks.matching import GradRep
+    from fedleak.client.obfuscations import build_pipeline
+    from fedleak.client.obfuscations.base import ObfContext
+
+    gen = torch.Generator().manual_seed(2)
+    D, H = torch.randn(1, 300, generator=gen), torch.rand(1, 4000, generator=gen) ** 4
+    quantiser = {"name": "qsgd", "levels": 4}
+    t = build_pipeline([quantiser]).apply({"w": D.t() @ H}, ObfContext(generator=gen))["w"]
+    assert 0 < int((t != 0).sum()) * 4 < t.numel()
+    Dx, Hx = D + 0.3 * torch.randn(1, 300, generator=gen), H * 1.2
+    whole = float(Matcher({"w": t}, "qsgd-likelihood", quantiser=quantiser)(GradRep(dense={"w": Dx.t() @ Hx})))
+    monkeypatch.setattr(matching, "ZEROS_PER_FREE_VALUE", 1)
+    for sample, tol in ((t.numel(), 1e-4), (200_000, 0.03)):
+        monkeypatch.setattr(matching, "COORDINATE_ZERO_SAMPLE", sample)
+        m = Matcher({"w": t}, "qsgd-likelihood", factor_names=("w",), quantiser=quantiser)
+        assert len(m.coord_support["w"][1][0]) <= sample
+        assert float(m(GradRep(factors={"w": (Dx, Hx)}))) == pytest.approx(whole, rel=tol)
+    monkeypatch.setattr(matching, "ZEROS_PER_FREE_VALUE", 1000)  # too few zeros sampled: the whole gradient
+    m = Matcher({"w": t}, "qsgd-likelihood", factor_names=("w",), quantiser=quantiser)
+    assert float(m(GradRep(factors={"w": (Dx, Hx)}))) == pytest.approx(whole, rel=1e-5)

@@ -318,6 +318,19 @@ def test_signsgd_options_apply_only_to_sign_compressed_updates():
     assert "\n" not in str(e.value)
 
 
+def test_qsgd_options_apply_only_when_the_last_obfuscation_is_qsgd():
+    """``qsgd`` replaces a stage's options for an update whose last obfuscation is QSGD (what qsgd-likelihood
+    models), set from ``--set``; noise after the quantiser, or another quantiser, keeps the stage's own."""
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.0.qsgd.loss=qsgd-likelihood",
+                                         "attack.stages.2.qsgd.loss=qsgd-likelihood"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    qsgd = types.SimpleNamespace(obfuscation=[{"name": "clip", "max_norm": 1.0}, {"name": "qsgd", "levels": 4}])
+    assert [c.loss for c in opts.stage_configs(qsgd)] == ["qsgd-likelihood", "l2", "qsgd-likelihood"]
+    for other in ([{"name": "qsgd", "levels": 4}, {"name": "gaussian", "sigma": 0.1}], [{"name": "uniform"}], []):
+        assert [c.loss for c in opts.stage_configs(types.SimpleNamespace(obfuscation=other))] == \
+            ["l2", "l2", "l2-relative"]
+
+
 @pytest.mark.parametrize("sparse, match", [
     ({"iterations": 5}, r"stages\.2: .*sparse\.iterations: a stage's budget is its iterations"),
     ({"los": "cosine"}, r"sparse\.los: not a stage option; valid: .*loss"),

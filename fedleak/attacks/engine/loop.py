@@ -25,7 +25,7 @@ from fedleak.attacks.engine.options import EngineConfig
 from fedleak.attacks.engine.parts import Parts, resolve_parts
 from fedleak.attacks.engine.precision import resolve_precision
 from fedleak.attacks.labels import recover_labels
-from fedleak.attacks.matching import Matcher, matching_mode
+from fedleak.attacks.matching import Matcher, matching_mode, quantiser_of
 from fedleak.attacks.simulate import ForwardModel
 from fedleak.device import current_device
 from fedleak.errors import ConfigError, NumericalError
@@ -114,12 +114,12 @@ def prepare(view, update, cfg: EngineConfig, parts: Parts) -> Problem:
         target = {k: v.to(device) for k, v in target.items()}
         labels = labels.to(device) if labels is not None else None
     mode = matching_mode(update.obfuscation, cfg.aware)
-    quant_levels = (int(update.obfuscation[-1].get("levels", 0)) or None) if mode == "quant" else None
+    quantiser = quantiser_of(update)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     autocast = resolve_precision(cfg, view.batch_size, device)
     fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast, autocast)
-    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, params), tuple(fwd.big), quant_levels)
+    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, params), tuple(fwd.big), quantiser)
     return Problem(view, update, labels, label_method, mode, fwd, matcher, autocast,
                    (view.batch_size, *view.image_shape), device=device)
 

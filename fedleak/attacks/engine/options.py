@@ -68,7 +68,7 @@ class EngineConfig(Options):
     scale: int = Field(4, ge=1)
     mapping: Literal["box", "sigmoid", "none"] = "box"  # box: projected to [0, 1]; none: output clamped
     init: Literal["uniform", "randn", "gray", "previous"] = "uniform"  # previous: the previous stage's images
-    loss: str = "l2"  # LOSSES: l2 | cosine | l2-relative
+    loss: str = "l2"  # LOSSES: l2 | cosine | l2-relative | qsgd-likelihood
     layer_weights: Optional[dict[str, float]] = None
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)

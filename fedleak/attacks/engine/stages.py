@@ -5,7 +5,8 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 (``iterations`` is the budget for every other update; ``sign_iterations: null`` means the same as
 ``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
-``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``): the attacker
+``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), and ``qsgd``
+for an update whose last obfuscation is QSGD (for example ``{loss: qsgd-likelihood}``): the attacker
 reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the
 attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision,
 checkpointing, ...) are set once, on the attack, and hold for every stage. A stage with ``init: previous``
@@ -42,7 +43,7 @@ from fedleak.attacks.engine.checkpoint import config_key
 from fedleak.attacks.engine.loop import Problem, optimise, prepare, reconstruction, resolve_labels, _layer_weights
 from fedleak.attacks.engine.options import EngineConfig
 from fedleak.attacks.engine.parts import Parts, resolve_parts
-from fedleak.attacks.matching import SPARSIFIERS, Matcher
+from fedleak.attacks.matching import SPARSIFIERS, Matcher, quantiser_of
 from fedleak.errors import ConfigError
 from fedleak.io import torch_load_safely
 from fedleak.options import Options
@@ -65,15 +66,21 @@ def is_sparsified(update) -> bool:
     return bool(_declared(update) & SPARSIFIERS)
 
 
+def is_qsgd_quantised(update) -> bool:
+    """The update's last obfuscation is QSGD (what ``qsgd-likelihood`` models)."""
+    return update is not None and str((quantiser_of(update) or {}).get("name")) == "qsgd"
+
+
 class StageOptions(EngineConfig):
     """One stage: engine options, its iterations for sign-compressed updates and the options that replace its
-    own for sparsified (``sparse``) and for sign-compressed (``signsgd``) updates."""
+    own for sparsified (``sparse``), sign-compressed (``signsgd``) and QSGD-quantised (``qsgd``) updates."""
 
     sign_iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
     sparse: dict[str, Any] = Field(default_factory=dict)
     signsgd: dict[str, Any] = Field(default_factory=dict)
+    qsgd: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("sparse", "signsgd")
+    @field_validator("sparse", "signsgd", "qsgd")
     @classmethod
     def _override_keys(cls, v: dict, info) -> dict:
         unknown = sorted(k for k in v if k not in EngineConfig.model_fields or k in SHARED)
@@ -120,8 +127,8 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
 
 
 def _merge_stage(stage: dict, over: dict) -> dict:
-    """``stage`` with the options of ``over``; a mapping option (``sparse``, ``signsgd``) is merged key by key, so
-    ``stages.2.sparse.loss`` sets one option of it."""
+    """``stage`` with the options of ``over``; a mapping option (``sparse``, ``signsgd``, ``qsgd``) is merged key by
+    key, so ``stages.2.sparse.loss`` sets one option of it."""
     merged = dict(stage)
     for key, value in over.items():
         both = isinstance(value, dict) and isinstance(stage.get(key), dict)
@@ -194,22 +201,25 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        for sign, sparse in ((False, False), (False, True), (True, False)):  # every variant's engine options check
-            configs = self._configs(sign=sign, sparse=sparse)
+        for sign, sparse, qsgd in ((0, 0, 0), (0, 1, 0), (1, 0, 0), (0, 0, 1)):  # every variant's options check
+            configs = self._configs(sign=bool(sign), sparse=bool(sparse), qsgd=bool(qsgd))
             if configs[0].init == "previous":
                 raise ValueError("stages.0: init: previous needs a previous stage")
         return self
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
         """The engine options of each stage, for ``update`` if given (its sign budget and options, its sparse
-        options)."""
-        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update))
+        options, its QSGD options)."""
+        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update),
+                             qsgd=is_qsgd_quantised(update))
 
-    def _configs(self, sign: bool, sparse: bool) -> list[EngineConfig]:
+    def _configs(self, sign: bool, sparse: bool, qsgd: bool = False) -> list[EngineConfig]:
         shared = {k: getattr(self, k) for k in SHARED}
         out = []
         for i, st in enumerate(self.stages):
-            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", *SHARED})
+            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", "qsgd", *SHARED})
+            if qsgd:
+                d.update(st.qsgd)
             if sparse:
                 d.update(st.sparse)
             if sign:
@@ -241,7 +251,7 @@ def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: Eng
     if cfg.loss != first.loss or cfg.layer_weights != first.layer_weights:
         m = problem.matcher
         matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd.params),
-                          tuple(problem.fwd.big), m.quant_levels)
+                          tuple(problem.fwd.big), m.quantiser)
     return dataclasses.replace(problem, matcher=matcher, start=start)
 
 
