@@ -9,9 +9,10 @@ Adding a loss is one registration::
 
     LOSSES.register("mine", doc="...")(MatchLoss(lambda dot, gg, tt, l2: ...))
 
-A loss that is not a function of those sums declares ``coordinate(g, t, step)``: the loss of one tensor from its
-simulated and received entries and the received tensor's quantisation step (``qsgd-likelihood``); the matcher then
-sums it over the compared tensors and divides by their number of entries.
+A loss that is not a function of those sums declares ``coordinate(g, levels, step)``: the loss of one tensor from its
+simulated entries, the received entries in units of the received tensor's quantisation step (whole numbers,
+computed once by the matcher) and that step (``qsgd-likelihood``); the matcher then sums it over the compared
+tensors and divides by their number of entries.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from fedleak.registry import Registry
 
 #: combine(dot, gg, tt, l2) -> scalar loss; ``tt`` is a float, the others 0-d tensors
 Combine = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor], torch.Tensor]
-#: coordinate(g, t, step) -> the summed loss of one tensor's entries
+#: coordinate(g, levels, step) -> the summed loss of one tensor's entries
 Coordinate = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -55,15 +56,16 @@ def _l2_relative(dot, gg, tt, l2):
 QSGD_FLOOR = 0.05
 
 
-def qsgd_nll(g: torch.Tensor, t: torch.Tensor, step: float) -> torch.Tensor:
-    """Negative log-likelihood of the received QSGD levels ``t / step`` given the simulated entries ``g``.
+def qsgd_nll(g: torch.Tensor, levels: torch.Tensor, step: float) -> torch.Tensor:
+    """Negative log-likelihood of the received QSGD ``levels`` (signed whole numbers of ``step``) given the
+    simulated entries ``g``.
 
     Stochastic rounding sends ``r = g / step`` as the signed integer ``L`` with probability
     ``max(0, 1 - |L - r|)`` (a triangle kernel: ``floor(r) + 1`` with probability ``frac(r)``, ``floor(r)`` with
     ``1 - frac(r)``, any other level never), so the likelihood is exact for QSGD with a known step. Where
     ``1 - |L - r| < QSGD_FLOOR`` the cost continues linearly with the slope it has there.
     """
-    return _QSGDNLL.apply(g, torch.round(t.float() / step), step)
+    return _QSGDNLL.apply(g, levels, step)
 
 
 class _QSGDNLL(torch.autograd.Function):

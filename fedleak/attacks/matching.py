@@ -48,9 +48,11 @@ QUANTISERS = {"uniform", "qsgd"}
 
 
 def quantiser_of(update) -> Optional[dict]:
-    """The settings of ``update``'s last obfuscation step when it quantises (:data:`QUANTISERS`), else None."""
+    """The settings of ``update``'s last obfuscation step when it quantises (:data:`QUANTISERS`; its ``name`` in
+    lower case), else None."""
     steps = update.obfuscation or []
-    return dict(steps[-1]) if steps and str(steps[-1].get("name", "")).lower() in QUANTISERS else None
+    name = str(steps[-1].get("name", "")).lower() if steps else ""
+    return {**steps[-1], "name": name} if name in QUANTISERS else None
 
 
 #: values of the engine option ``aware`` (also accepted: true/on = auto, false/off/plain = none)
@@ -94,10 +96,11 @@ class Matcher:
         self.target = {k: v.detach() for k, v in target.items()}
         self.tnorm2 = {k: float((v.double() ** 2).sum()) for k, v in self.target.items()}
         self.steps = qsgd_steps(self.target, quantiser) if self.loss.coordinate else {}
+        #: the received entries in whole steps, for a per-entry loss (computed once, not at every iteration)
+        self.levels = {k: torch.round(self.target[k].float() / step) for k, step in self.steps.items()}
         self.entries = sum(t.numel() for t in self.target.values())
-        self.coord_support = {k: _coordinate_support(self.target[k]) for k in factor_names
-                              if self.loss.coordinate and k in self.steps and self.target[k].dim() == 2}
-        self.coord_support = {k: v for k, v in self.coord_support.items() if v is not None}
+        self.coord_support = {k: sup for k in factor_names if k in self.levels and self.levels[k].dim() == 2
+                              and (sup := _coordinate_support(self.levels[k])) is not None}
         self.masks: dict[str, torch.Tensor] = {}
         self.support: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         if mode == "mask":
@@ -164,8 +167,9 @@ class Matcher:
             return d * 0, d * 0, 0.0, d
         if self.loss.coordinate:
             z = g.new_zeros(())
-            step = self.steps.get(k)
-            return z, z, self.tnorm2[k], (self.loss.coordinate(g, t, step) / self.entries if step else z)
+            if k not in self.steps:  # an all-zero received tensor says nothing about its entries
+                return z, z, self.tnorm2[k], z
+            return z, z, self.tnorm2[k], self.loss.coordinate(g, self.levels[k], self.steps[k]) / self.entries
         if self.mode == "quant" and self.quant_levels:
             g = _ste_uniform(g, self.quant_levels)
         if k in self.masks:
@@ -181,9 +185,9 @@ class Matcher:
         """A per-entry loss on a large received matrix: on its sent entries and on a fixed sample of its zero
         entries weighted to stand for all of them; the gradient ``D^T H`` is gathered there, never formed."""
         total = D.new_zeros(())
-        for rows, cols, weight in self.coord_support[k]:
+        for rows, cols, levels, weight in self.coord_support[k]:
             g = (D[:, rows] * H[:, cols]).sum(0)
-            total = total + weight * self.loss.coordinate(g, self.target[k][rows, cols], self.steps[k])
+            total = total + weight * self.loss.coordinate(g, levels, self.steps[k])
         return total * 0, total * 0, self.tnorm2[k], total / self.entries
 
     def _factor_terms(self, k, D, H):
@@ -219,8 +223,8 @@ ZEROS_PER_FREE_VALUE = 16
 
 
 def _coordinate_support(t: torch.Tensor) -> Optional[tuple]:
-    """For a large received matrix with few sent entries: its sent entries (rows, cols) and a fixed random
-    sample of its zero entries (rows, cols, and the weight that makes them stand for all zeros); None when a
+    """For a large received matrix with few sent entries: its sent entries and a fixed random sample of its zero
+    entries, as (rows, cols, values, weight) each (the weight makes the sample stand for all zeros); None when a
     quarter or more was sent."""
     sent = t != 0
     n_sent = int(sent.sum())
@@ -232,14 +236,14 @@ def _coordinate_support(t: torch.Tensor) -> Optional[tuple]:
     zr, zc = idx // t.shape[1], idx % t.shape[1]
     keep = ~sent[zr, zc]
     zr, zc = zr[keep], zc[keep]
-    return (rows, cols, 1.0), (zr, zc, (t.numel() - n_sent) / max(1, len(zr)))
+    return (rows, cols, t[rows, cols], 1.0), (zr, zc, t[zr, zc], (t.numel() - n_sent) / max(1, len(zr)))
 
 
 def qsgd_steps(target: dict[str, torch.Tensor], quantiser: Optional[dict]) -> dict[str, float]:
     """The quantisation step ``N / (levels - 1)`` of each received QSGD tensor, read off the tensor itself
     (``norm: max``: its largest entry is ``N``; ``norm: l2``: its smallest nonzero magnitude, one step); an
     all-zero tensor has none. ``quantiser`` is the update's last obfuscation step, which must be ``qsgd``."""
-    if not quantiser or str(quantiser.get("name")) != "qsgd":
+    if not quantiser or quantiser["name"] != "qsgd":
         got = quantiser.get("name") if quantiser else "none"
         raise ConfigError(f"loss qsgd-likelihood needs an update whose last obfuscation is qsgd (this one: {got}); "
                           "use l2 or l2-relative for other updates")

@@ -68,7 +68,7 @@ def is_sparsified(update) -> bool:
 
 def is_qsgd_quantised(update) -> bool:
     """The update's last obfuscation is QSGD (what ``qsgd-likelihood`` models)."""
-    return update is not None and str((quantiser_of(update) or {}).get("name")) == "qsgd"
+    return update is not None and (quantiser_of(update) or {}).get("name") == "qsgd"
 
 
 class StageOptions(EngineConfig):
@@ -201,8 +201,9 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        for sign, sparse, qsgd in ((0, 0, 0), (0, 1, 0), (1, 0, 0), (0, 0, 1)):  # every variant's options check
-            configs = self._configs(sign=bool(sign), sparse=bool(sparse), qsgd=bool(qsgd))
+        variants = ((False, False, False), (False, True, False), (True, False, False), (False, False, True))
+        for sign, sparse, qsgd in variants:  # every variant's engine options check
+            configs = self._configs(sign=sign, sparse=sparse, qsgd=qsgd)
             if configs[0].init == "previous":
                 raise ValueError("stages.0: init: previous needs a previous stage")
         return self
@@ -213,7 +214,7 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update),
                              qsgd=is_qsgd_quantised(update))
 
-    def _configs(self, sign: bool, sparse: bool, qsgd: bool = False) -> list[EngineConfig]:
+    def _configs(self, sign: bool, sparse: bool, qsgd: bool) -> list[EngineConfig]:
         shared = {k: getattr(self, k) for k in SHARED}
         out = []
         for i, st in enumerate(self.stages):
