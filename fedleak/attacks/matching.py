@@ -216,8 +216,8 @@ class Matcher:
 #: a per-entry loss on a large factorised matrix ``D^T H`` (N x out and N x in factors) is gathered on all its
 #: sent entries and a fixed random sample of its zero entries when fewer than a quarter of its entries were sent
 #: and the sample holds at least :data:`ZEROS_PER_FREE_VALUE` zeros per free value of the factors (N (out + in));
-#: otherwise the whole gradient is formed. Fewer zeros let the attack fit the sample and not the rest (on
-#: ``lenet`` at batch 8, 131 k sampled zeros cost 8 dB under QSGD-4; docs/results.md)
+#: otherwise the whole gradient is formed. Fewer zeros let the attack fit the sample and not the rest (seen on
+#: ``lenet`` at batch 8 under QSGD-4 in trials with 131 k and 1 M sampled zeros; docs/results.md)
 COORDINATE_ZERO_SAMPLE = 1 << 20
 ZEROS_PER_FREE_VALUE = 16
 
