@@ -315,27 +315,28 @@ def test_qsgd_likelihood_gradient_is_the_derivative_of_the_kernel():
 
 
 def test_qsgd_likelihood_on_a_factorised_layer_matches_the_whole_gradient(monkeypatch):
-    """A large linear layer with few sent entries is scored on them and on a sample of its zeros; with every
-    zero in the sample that is exact, and a sample still estimates the whole loss closely. A sample too small
-    for the factors' free values falls back to the whole gradient (exact)."""
+    """A large linear layer is scored block by block on ``D^T H``, never formed: the loss and its gradients with
+    respect to both factors equal those of the whole gradient, for blocks that do and do not divide the rows."""
     import fedleak.attacks.matching as matching
     from fedleak.attacks.matching import GradRep
     from fedleak.client.obfuscations import build_pipeline
     from fedleak.client.obfuscations.base import ObfContext
 
     gen = torch.Generator().manual_seed(2)
-    D, H = torch.randn(1, 300, generator=gen), torch.rand(1, 4000, generator=gen) ** 4
+    D, H = torch.randn(3, 300, generator=gen), torch.rand(3, 400, generator=gen) ** 4
     quantiser = {"name": "qsgd", "levels": 4}
     t = build_pipeline([quantiser]).apply({"w": D.t() @ H}, ObfContext(generator=gen))["w"]
-    assert 0 < int((t != 0).sum()) * 4 < t.numel()
-    Dx, Hx = D + 0.3 * torch.randn(1, 300, generator=gen), H * 1.2
-    whole = float(Matcher({"w": t}, "qsgd-likelihood", quantiser=quantiser)(GradRep(dense={"w": Dx.t() @ Hx})))
-    monkeypatch.setattr(matching, "ZEROS_PER_FREE_VALUE", 1)
-    for sample, tol in ((t.numel(), 1e-4), (200_000, 0.03)):
-        monkeypatch.setattr(matching, "COORDINATE_ZERO_SAMPLE", sample)
+    assert 0 < int((t != 0).sum()) < t.numel()
+    Dx = (D + 0.3 * torch.randn(3, 300, generator=gen)).requires_grad_(True)
+    Hx = (H * 1.2).requires_grad_(True)
+    whole = Matcher({"w": t}, "qsgd-likelihood", quantiser=quantiser)(GradRep(dense={"w": Dx.t() @ Hx}))
+    want = torch.autograd.grad(whole, (Dx, Hx))
+    for entries in (400 * 7, 400 * 300, 1 << 18):  # 7 rows a block (300 = 42 x 7 + 6), one block, the default
+        monkeypatch.setattr(matching, "FACTOR_BLOCK_ENTRIES", entries)
         m = Matcher({"w": t}, "qsgd-likelihood", factor_names=("w",), quantiser=quantiser)
-        assert len(m.coord_support["w"][1][0]) <= sample
-        assert float(m(GradRep(factors={"w": (Dx, Hx)}))) == pytest.approx(whole, rel=tol)
-    monkeypatch.setattr(matching, "ZEROS_PER_FREE_VALUE", 1000)  # too few zeros sampled: the whole gradient
-    m = Matcher({"w": t}, "qsgd-likelihood", factor_names=("w",), quantiser=quantiser)
-    assert float(m(GradRep(factors={"w": (Dx, Hx)}))) == pytest.approx(whole, rel=1e-5)
+        got = m(GradRep(factors={"w": (Dx, Hx)}))
+        assert float(got.detach()) == pytest.approx(float(whole.detach()), rel=1e-5)
+        for a, b in zip(torch.autograd.grad(got, (Dx, Hx)), want):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the precision option's autocast leaves the loss exact
+        assert float(m(GradRep(factors={"w": (Dx, Hx)})).detach()) == pytest.approx(float(whole.detach()), rel=1e-5)

@@ -9,10 +9,10 @@ Adding a loss is one registration::
 
     LOSSES.register("mine", doc="...")(MatchLoss(lambda dot, gg, tt, l2: ...))
 
-A loss that is not a function of those sums declares ``coordinate(g, levels, step)``: the loss of one tensor from its
-simulated entries, the received entries in units of the received tensor's quantisation step (whole numbers,
-computed once by the matcher) and that step (``qsgd-likelihood``); the matcher then sums it over the compared
-tensors and divides by their number of entries.
+A loss that is not a function of those sums declares ``coordinate(r, levels)``: the summed loss of one tensor and its
+gradient, from its simulated entries and the received ones, both in units of the received tensor's quantisation
+step (``qsgd-likelihood``); the matcher sums it over the compared tensors and divides by their number of entries. It
+evaluates it on whole tensors, and on large factorised layers block by block, without forming their gradient.
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from fedleak.registry import Registry
 
 #: combine(dot, gg, tt, l2) -> scalar loss; ``tt`` is a float, the others 0-d tensors
 Combine = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor], torch.Tensor]
-#: coordinate(g, levels, step) -> the summed loss of one tensor's entries
-Coordinate = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+#: coordinate(r, levels) -> (the summed loss of one tensor's entries, its gradient w.r.t. r): ``r`` holds the simulated
+#: entries in units of the received tensor's quantisation step (float32, the function may overwrite it) and
+#: ``levels`` the received entries in the same units
+Coordinate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -56,39 +58,60 @@ def _l2_relative(dot, gg, tt, l2):
 QSGD_FLOOR = 0.05
 
 
-def qsgd_nll(g: torch.Tensor, levels: torch.Tensor, step: float) -> torch.Tensor:
-    """Negative log-likelihood of the received QSGD ``levels`` (signed whole numbers of ``step``) given the
-    simulated entries ``g``.
+def qsgd_nll_steps(r: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative log-likelihood of the received QSGD ``levels`` (signed whole numbers of steps) given the simulated
+    entries ``r`` in steps, summed, and its gradient with respect to ``r`` (``r`` is overwritten).
 
-    Stochastic rounding sends ``r = g / step`` as the signed integer ``L`` with probability
-    ``max(0, 1 - |L - r|)`` (a triangle kernel: ``floor(r) + 1`` with probability ``frac(r)``, ``floor(r)`` with
-    ``1 - frac(r)``, any other level never), so the likelihood is exact for QSGD with a known step. Where
-    ``1 - |L - r| < QSGD_FLOOR`` the cost continues linearly with the slope it has there.
+    Stochastic rounding sends ``r`` as the signed integer ``L`` with probability ``max(0, 1 - |L - r|)`` (a triangle
+    kernel: ``floor(r) + 1`` with probability ``frac(r)``, ``floor(r)`` with ``1 - frac(r)``, any other level never),
+    so the likelihood is exact for QSGD with a known step. Where ``1 - |L - r| < QSGD_FLOOR`` the cost continues
+    linearly with the slope it has there.
     """
-    return _QSGDNLL.apply(g, levels, step)
+    diff = r.sub_(levels)
+    sign = torch.sign(diff)
+    d = diff.abs_()
+    edge = 1.0 - QSGD_FLOOR
+    past = (d - edge).clamp_min_(0).sum() if float(d.max()) > edge else 0.0  # rare: levels the kernel rules out
+    kept = d.clamp_max_(edge).neg_().add_(1.0)  # 1 - |L - r|, at least QSGD_FLOOR
+    return past / QSGD_FLOOR - _sum_log(kept), sign.div_(kept)
 
 
-class _QSGDNLL(torch.autograd.Function):
-    """:func:`qsgd_nll` with its gradient computed in the same pass (few full-size temporaries: the loss runs on
-    gradients of tens of millions of entries at every iteration)."""
+def _sum_log(x: torch.Tensor) -> torch.Tensor:
+    """``log(x).sum()`` for a tensor of values in ``[QSGD_FLOOR, 1]``, with one logarithm per 8 entries: products of
+    8 such values stay above ``QSGD_FLOOR ** 8``, a normal float32, and a logarithm costs several multiplications."""
+    v = x.reshape(-1)
+    if v.numel() % 8:
+        return torch.log(v).sum()
+    for _ in range(3):
+        v = v[:v.numel() // 2] * v[v.numel() // 2:]
+    return torch.log(v).sum()
+
+
+def qsgd_nll(g: torch.Tensor, levels: torch.Tensor, step: float) -> torch.Tensor:
+    """:func:`qsgd_nll_steps` of the simulated entries ``g`` for a received tensor quantised with ``step``."""
+    return coordinate_loss(qsgd_nll_steps, g, levels, step)
+
+
+def coordinate_loss(kernel: Coordinate, g: torch.Tensor, levels: torch.Tensor, step: float) -> torch.Tensor:
+    """The summed per-entry loss ``kernel`` of ``g`` against the received ``levels``, differentiable in ``g``."""
+    return _CoordinateLoss.apply(g, levels, step, kernel)
+
+
+class _CoordinateLoss(torch.autograd.Function):
+    """The loss and its gradient computed in one pass (few full-size temporaries: the loss runs on gradients of
+    tens of millions of entries at every iteration)."""
 
     @staticmethod
-    def forward(ctx, g, levels, step):
-        diff = g.float() / step - levels
-        d = diff.abs()
-        edge = 1.0 - QSGD_FLOOR
-        loss = (d - edge).clamp_min_(0).sum() / QSGD_FLOOR
-        d = diff.abs().clamp_max_(edge)
-        loss = loss - torch.log1p(-d).sum()
-        grad = diff.sign_().div_(d.neg_().add_(1.0)).div_(step)  # d(-log(1 - d))/dg, the linear slope past the edge
+    def forward(ctx, g, levels, step, kernel):
+        loss, grad = kernel(g.float() / step, levels)
         ctx.save_for_backward(grad)
-        ctx.dtype = g.dtype
+        ctx.step, ctx.dtype = step, g.dtype
         return loss
 
     @staticmethod
     def backward(ctx, out):
         (grad,) = ctx.saved_tensors
-        return (grad * out).to(ctx.dtype), None, None
+        return (grad * (out / ctx.step)).to(ctx.dtype), None, None, None
 
 
 LOSSES.register("l2", doc="sum of squared differences (DLG, ROG)")(MatchLoss(_l2, direct=True))
@@ -99,4 +122,4 @@ LOSSES.register("l2-relative", doc="squared distance over the received update's 
                 "or a noisy update")(MatchLoss(_l2_relative, direct=True))
 LOSSES.register("qsgd-likelihood", doc="mean negative log-likelihood of the received QSGD levels under stochastic "
                 "rounding of the simulated update (needs an update whose last obfuscation is qsgd)")(
-    MatchLoss(_l2, direct=True, coordinate=qsgd_nll))
+    MatchLoss(_l2, direct=True, coordinate=qsgd_nll_steps))

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from fedleak.attacks.losses import LOSSES, MatchLoss
+from fedleak.attacks.losses import LOSSES, MatchLoss, coordinate_loss
 from fedleak.errors import ConfigError
 
 
@@ -99,8 +99,6 @@ class Matcher:
         #: the received entries in whole steps, for a per-entry loss (computed once, not at every iteration)
         self.levels = {k: torch.round(self.target[k].float() / step) for k, step in self.steps.items()}
         self.entries = sum(t.numel() for t in self.target.values())
-        self.coord_support = {k: sup for k in factor_names if k in self.levels and self.levels[k].dim() == 2
-                              and (sup := _coordinate_support(self.levels[k])) is not None}
         self.masks: dict[str, torch.Tensor] = {}
         self.support: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         if mode == "mask":
@@ -169,7 +167,8 @@ class Matcher:
             z = g.new_zeros(())
             if k not in self.steps:  # an all-zero received tensor says nothing about its entries
                 return z, z, self.tnorm2[k], z
-            return z, z, self.tnorm2[k], self.loss.coordinate(g, self.levels[k], self.steps[k]) / self.entries
+            return z, z, self.tnorm2[k], coordinate_loss(self.loss.coordinate, g, self.levels[k],
+                                                          self.steps[k]) / self.entries
         if self.mode == "quant" and self.quant_levels:
             g = _ste_uniform(g, self.quant_levels)
         if k in self.masks:
@@ -182,13 +181,12 @@ class Matcher:
         return dot, gg, self.tnorm2[k], gg - 2 * dot + self.tnorm2[k]
 
     def _coordinate_factor_terms(self, k, D, H):
-        """A per-entry loss on a large received matrix: on its sent entries and on a fixed sample of its zero
-        entries weighted to stand for all of them; the gradient ``D^T H`` is gathered there, never formed."""
-        total = D.new_zeros(())
-        for rows, cols, levels, weight in self.coord_support[k]:
-            g = (D[:, rows] * H[:, cols]).sum(0)
-            total = total + weight * self.loss.coordinate(g, levels, self.steps[k])
-        return total * 0, total * 0, self.tnorm2[k], total / self.entries
+        """A per-entry loss on a large received matrix, evaluated block by block on ``D^T H`` (never formed)."""
+        z = D.new_zeros(())
+        if k not in self.steps:
+            return z, z, self.tnorm2[k], z
+        loss = _FactoredCoordinateLoss.apply(D, H, self.levels[k], self.steps[k], self.loss.coordinate)
+        return z, z, self.tnorm2[k], loss / self.entries
 
     def _factor_terms(self, k, D, H):
         t = self.target[k]
@@ -197,10 +195,9 @@ class Matcher:
             g = (D[:, rows] * H[:, cols]).sum(0)
             d = 1.0 - (sgn * g).sum() / g.abs().sum().clamp_min(1e-30)
             return d * 0, d * 0, 0.0, d
-        if k in self.coord_support and len(self.coord_support[k][1][0]) >= \
-                ZEROS_PER_FREE_VALUE * D.shape[0] * (D.shape[1] + H.shape[1]):
+        if self.loss.coordinate:
             return self._coordinate_factor_terms(k, D, H)
-        if self.mode in ("sign", "quant") or k in self.masks or self.loss.coordinate:
+        if self.mode in ("sign", "quant") or k in self.masks:
             return self._dense_terms(k, D.t() @ H)
         if k in self.support:
             rows, cols, vals = self.support[k]
@@ -213,30 +210,37 @@ class Matcher:
         return dot, gg, self.tnorm2[k], gg - 2 * dot + self.tnorm2[k]
 
 
-#: a per-entry loss on a large factorised matrix ``D^T H`` (N x out and N x in factors) is gathered on all its
-#: sent entries and a fixed random sample of its zero entries when fewer than a quarter of its entries were sent
-#: and the sample holds at least :data:`ZEROS_PER_FREE_VALUE` zeros per free value of the factors (N (out + in));
-#: otherwise the whole gradient is formed. Fewer zeros let the attack fit the sample and not the rest (seen on
-#: ``lenet`` at batch 8 under QSGD-4 in trials with 131 k and 1 M sampled zeros; docs/results.md)
-COORDINATE_ZERO_SAMPLE = 1 << 20
-ZEROS_PER_FREE_VALUE = 16
+#: entries of ``D^T H`` formed at a time by :class:`_FactoredCoordinateLoss` (a block of whole rows, about 1 MB of
+#: float32: it stays in cache through the loss's passes)
+FACTOR_BLOCK_ENTRIES = 1 << 18
 
 
-def _coordinate_support(t: torch.Tensor) -> Optional[tuple]:
-    """For a large received matrix with few sent entries: its sent entries and a fixed random sample of its zero
-    entries, as (rows, cols, values, weight) each (the weight makes the sample stand for all zeros); None when a
-    quarter or more was sent."""
-    sent = t != 0
-    n_sent = int(sent.sum())
-    if n_sent * 4 >= t.numel():
-        return None
-    rows, cols = sent.nonzero(as_tuple=True)
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(t.numel(), generator=gen)[:COORDINATE_ZERO_SAMPLE]
-    zr, zc = idx // t.shape[1], idx % t.shape[1]
-    keep = ~sent[zr, zc]
-    zr, zc = zr[keep], zc[keep]
-    return (rows, cols, t[rows, cols], 1.0), (zr, zc, t[zr, zc], (t.numel() - n_sent) / max(1, len(zr)))
+class _FactoredCoordinateLoss(torch.autograd.Function):
+    """A per-entry loss (:attr:`MatchLoss.coordinate`) of the factorised matrix ``D^T H`` against received ``levels``
+    (out x in), exact, with its gradients: ``D^T H`` is formed a block of rows at a time, and each block's loss
+    gradient ``E`` is folded back at once (``dD = H E^T``, ``dH = D E``), so no full-size tensor is kept."""
+
+    @staticmethod
+    def forward(ctx, D, H, levels, step, kernel):
+        Ds, Hf = D.float() / step, H.float()  # in steps: D^T H / step
+        rows = max(1, FACTOR_BLOCK_ENTRIES // Hf.shape[1])
+        loss = torch.zeros((), dtype=torch.float64)
+        dD, dH = torch.empty_like(Ds), torch.zeros_like(Hf)
+        with torch.autocast(Ds.device.type, enabled=False):  # the loss is exact: float32 whatever the precision
+            for s in range(0, Ds.shape[1], rows):
+                block = Ds[:, s:s + rows]
+                part, grad = kernel(block.t() @ Hf, levels[s:s + rows])
+                loss += part
+                dD[:, s:s + rows] = (grad @ Hf.t()).t()
+                dH.addmm_(block, grad)
+        ctx.save_for_backward(dD / step, dH)
+        ctx.dtypes = D.dtype, H.dtype
+        return loss.to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, out):
+        dD, dH = ctx.saved_tensors
+        return (dD * out).to(ctx.dtypes[0]), (dH * out).to(ctx.dtypes[1]), None, None, None
 
 
 def qsgd_steps(target: dict[str, torch.Tensor], quantiser: Optional[dict]) -> dict[str, float]:
