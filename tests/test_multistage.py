@@ -326,9 +326,21 @@ def test_qsgd_options_apply_only_when_the_last_obfuscation_is_qsgd():
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     qsgd = types.SimpleNamespace(obfuscation=[{"name": "clip", "max_norm": 1.0}, {"name": "qsgd", "levels": 4}])
     assert [c.loss for c in opts.stage_configs(qsgd)] == ["qsgd-likelihood", "l2", "qsgd-likelihood"]
-    for other in ([{"name": "qsgd", "levels": 4}, {"name": "gaussian", "sigma": 0.1}], [{"name": "uniform"}], []):
+    for other in ([{"name": "qsgd", "levels": 4}, {"name": "gaussian", "sigma": 0.1}], [{"name": "uniform"}], [],
+                  [{"name": "qsgd", "levels": 16}]):  # finer than qsgd_levels (4): the stage's own options
         assert [c.loss for c in opts.stage_configs(types.SimpleNamespace(obfuscation=other))] == \
             ["l2", "l2", "l2-relative"]
+    fine = types.SimpleNamespace(obfuscation=[{"name": "qsgd", "levels": 16}])
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.qsgd_levels=16"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    assert [c.loss for c in opts.stage_configs(fine)] == ["l2", "l2", "qsgd-likelihood"]
+
+
+def test_the_preset_matches_coarse_qsgd_updates_by_their_likelihood_in_the_pixel_stage():
+    opts = ATTACKS.options("rog-refine", {})
+    for levels, pixel in ((2, "qsgd-likelihood"), (4, "qsgd-likelihood"), (5, "l2-relative"), (16, "l2-relative")):
+        update = types.SimpleNamespace(obfuscation=[{"name": "qsgd", "levels": levels}])
+        assert [c.loss for c in opts.stage_configs(update)] == ["l2", "l2", pixel], levels
 
 
 @pytest.mark.parametrize("sparse, match", [

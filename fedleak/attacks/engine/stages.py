@@ -6,7 +6,8 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 ``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
 ``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), and ``qsgd``
-for an update whose last obfuscation is QSGD (for example ``{loss: qsgd-likelihood}``): the attacker
+for an update whose last obfuscation is QSGD with at most ``qsgd_levels`` levels (an option of the attack, default 4;
+for example ``{loss: qsgd-likelihood}``): the attacker
 reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the
 attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision,
 checkpointing, ...) are set once, on the attack, and hold for every stage. A stage with ``init: previous``
@@ -66,9 +67,13 @@ def is_sparsified(update) -> bool:
     return bool(_declared(update) & SPARSIFIERS)
 
 
-def is_qsgd_quantised(update) -> bool:
-    """The update's last obfuscation is QSGD (what ``qsgd-likelihood`` models)."""
-    return update is not None and (quantiser_of(update) or {}).get("name") == "qsgd"
+def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
+    """The update's last obfuscation is QSGD (what ``qsgd-likelihood`` models), with at most ``max_levels`` levels
+    if given."""
+    q = quantiser_of(update) if update is not None else None
+    if not q or q["name"] != "qsgd":
+        return False
+    return max_levels is None or int(q.get("levels", 16)) <= max_levels
 
 
 class StageOptions(EngineConfig):
@@ -174,6 +179,9 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
     #: a total budget over all stages, split in the stages' own proportions (a stage's explicit ``iterations``
     #: wins; sign budgets are not changed by it, as everywhere)
     iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+    #: the stages' ``qsgd`` options apply to QSGD updates with at most this many levels: coarse quantisation,
+    #: where the exact likelihood pays; finer QSGD is close to its input and is matched as the stage says
+    qsgd_levels: int = Field(4, ge=2, le=1 << 16)
 
     @model_validator(mode="before")
     @classmethod
@@ -210,9 +218,9 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
         """The engine options of each stage, for ``update`` if given (its sign budget and options, its sparse
-        options, its QSGD options)."""
+        options, its QSGD options if it has at most ``qsgd_levels`` levels)."""
         return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update),
-                             qsgd=is_qsgd_quantised(update))
+                             qsgd=is_qsgd_quantised(update, self.qsgd_levels))
 
     def _configs(self, sign: bool, sparse: bool, qsgd: bool) -> list[EngineConfig]:
         shared = {k: getattr(self, k) for k in SHARED}
