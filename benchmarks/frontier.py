@@ -204,7 +204,8 @@ def main(argv=None) -> None:
         results = run_all(args)
     budgets = ladder(results)
     print(f"\nmean PSNR / SSIM at each CPU-time budget per batch ({args.limit} images, {args.size}x{args.size}, "
-          f"batch {args.batch}, {args.model}, data {args.data}; {time.perf_counter() - t0:.0f} s in all)")
+          f"batch {args.batch}, {args.model}, data {args.data}; "
+          + (f"merged from {len(args.merge)} runs)" if args.merge else f"{time.perf_counter() - t0:.0f} s in all)"))
     print(table(results, budgets))
     if args.json:
         with open(args.json, "w") as f:
