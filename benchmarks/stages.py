@@ -25,6 +25,7 @@ ROWS = {
     "none": (FEDSGD, []),
     "qsgd4": (FEDSGD, [{"name": "qsgd", "levels": 4}]),
     "qsgd16": (FEDSGD, [{"name": "qsgd", "levels": 16}]),
+    "qsgd8": (FEDSGD, [{"name": "qsgd", "levels": 8}]),
     "topk90": (FEDSGD, [{"name": "topk", "sparsity": 0.9}]),
     "topk99": (FEDSGD, [{"name": "topk", "sparsity": 0.99}]),
     "sign": (FEDSGD, [{"name": "sign"}]),
