@@ -224,7 +224,7 @@ class _FactoredCoordinateLoss(torch.autograd.Function):
     def forward(ctx, D, H, levels, step, kernel):
         Ds, Hf = D.float() / step, H.float()  # in steps: D^T H / step
         rows = max(1, FACTOR_BLOCK_ENTRIES // Hf.shape[1])
-        loss = torch.zeros((), dtype=torch.float64)
+        loss = torch.zeros((), dtype=torch.float64, device=Ds.device)
         dD, dH = torch.empty_like(Ds), torch.zeros_like(Hf)
         with torch.autocast(Ds.device.type, enabled=False):  # the loss is exact: float32 whatever the precision
             for s in range(0, Ds.shape[1], rows):
