@@ -48,11 +48,19 @@ QUANTISERS = {"uniform", "qsgd"}
 
 
 def quantiser_of(update) -> Optional[dict]:
-    """The settings of ``update``'s last obfuscation step when it quantises (:data:`QUANTISERS`; its ``name`` in
-    lower case), else None."""
+    """The settings of ``update``'s last obfuscation step when it quantises (:data:`QUANTISERS`), filled in by
+    :func:`quantiser_settings`, else None."""
     steps = update.obfuscation or []
     name = str(steps[-1].get("name", "")).lower() if steps else ""
-    return {**steps[-1], "name": name} if name in QUANTISERS else None
+    return quantiser_settings(steps[-1]) if name in QUANTISERS else None
+
+
+def quantiser_settings(step: dict) -> dict:
+    """A quantising obfuscation step with every setting as the obfuscation itself resolves it (its defaults for what
+    the step leaves out, e.g. ``levels``), ``name`` in lower case."""
+    from fedleak.client.obfuscations import build_pipeline
+
+    return build_pipeline([{**step, "name": str(step["name"]).lower()}]).describe()[0]
 
 
 #: values of the engine option ``aware`` (also accepted: true/on = auto, false/off/plain = none)
@@ -91,11 +99,12 @@ class Matcher:
         self.loss = loss if isinstance(loss, MatchLoss) else LOSSES.get(loss)
         self.mode = mode
         self.weights = weights or {}
-        self.quantiser = quantiser  # the update's last obfuscation step when it quantises (uniform, qsgd)
-        self.quant_levels = int(quantiser.get("levels", 16)) if quantiser and mode == "quant" else None
+        #: the update's last obfuscation step when it quantises (uniform, qsgd), every setting filled in
+        self.quantiser = quantiser_settings(quantiser) if quantiser else None
+        self.quant_levels = int(self.quantiser["levels"]) if quantiser and mode == "quant" else None
         self.target = {k: v.detach() for k, v in target.items()}
         self.tnorm2 = {k: float((v.double() ** 2).sum()) for k, v in self.target.items()}
-        self.steps = qsgd_steps(self.target, quantiser) if self.loss.coordinate else {}
+        self.steps = qsgd_steps(self.target, self.quantiser) if self.loss.coordinate else {}
         #: the received entries in whole steps, for a per-entry loss (computed once, not at every iteration)
         self.levels = {k: torch.round(self.target[k].float() / step) for k, step in self.steps.items()}
         self.entries = sum(t.numel() for t in self.target.values())
@@ -164,11 +173,8 @@ class Matcher:
             d = 1.0 - (self.target_sign[k] * g).sum() / g.abs().sum().clamp_min(1e-30)
             return d * 0, d * 0, 0.0, d
         if self.loss.coordinate:
-            z = g.new_zeros(())
-            if k not in self.steps:  # an all-zero received tensor says nothing about its entries
-                return z, z, self.tnorm2[k], z
-            return z, z, self.tnorm2[k], coordinate_loss(self.loss.coordinate, g, self.levels[k],
-                                                          self.steps[k]) / self.entries
+            return self._coordinate_terms(k, g, lambda: coordinate_loss(self.loss.coordinate, g, self.levels[k],
+                                                                       self.steps[k]))
         if self.mode == "quant" and self.quant_levels:
             g = _ste_uniform(g, self.quant_levels)
         if k in self.masks:
@@ -180,13 +186,11 @@ class Matcher:
         gg = (g * g).sum()
         return dot, gg, self.tnorm2[k], gg - 2 * dot + self.tnorm2[k]
 
-    def _coordinate_factor_terms(self, k, D, H):
-        """A per-entry loss on a large received matrix, evaluated block by block on ``D^T H`` (never formed)."""
-        z = D.new_zeros(())
-        if k not in self.steps:
-            return z, z, self.tnorm2[k], z
-        loss = _FactoredCoordinateLoss.apply(D, H, self.levels[k], self.steps[k], self.loss.coordinate)
-        return z, z, self.tnorm2[k], loss / self.entries
+    def _coordinate_terms(self, k, like, summed):
+        """The terms of a per-entry loss: ``summed()`` over the entries of ``k`` divided by the number of compared
+        entries; nothing for an all-zero received tensor, which says nothing about its entries."""
+        z = like.new_zeros(())
+        return z, z, self.tnorm2[k], summed() / self.entries if k in self.steps else z
 
     def _factor_terms(self, k, D, H):
         t = self.target[k]
@@ -195,8 +199,9 @@ class Matcher:
             g = (D[:, rows] * H[:, cols]).sum(0)
             d = 1.0 - (sgn * g).sum() / g.abs().sum().clamp_min(1e-30)
             return d * 0, d * 0, 0.0, d
-        if self.loss.coordinate:
-            return self._coordinate_factor_terms(k, D, H)
+        if self.loss.coordinate:  # evaluated block by block on D^T H, never formed
+            return self._coordinate_terms(k, D, lambda: _FactoredCoordinateLoss.apply(
+                D, H, self.levels[k], self.steps[k], self.loss.coordinate))
         if self.mode in ("sign", "quant") or k in self.masks:
             return self._dense_terms(k, D.t() @ H)
         if k in self.support:
@@ -246,17 +251,18 @@ class _FactoredCoordinateLoss(torch.autograd.Function):
 def qsgd_steps(target: dict[str, torch.Tensor], quantiser: Optional[dict]) -> dict[str, float]:
     """The quantisation step ``N / (levels - 1)`` of each received QSGD tensor, read off the tensor itself
     (``norm: max``: its largest entry is ``N``; ``norm: l2``: its smallest nonzero magnitude, one step); an
-    all-zero tensor has none. ``quantiser`` is the update's last obfuscation step, which must be ``qsgd``."""
+    all-zero tensor has none. ``quantiser`` is the update's last obfuscation step (:func:`quantiser_settings`),
+    which must be ``qsgd``."""
     if not quantiser or quantiser["name"] != "qsgd":
         got = quantiser.get("name") if quantiser else "none"
         raise ConfigError(f"loss qsgd-likelihood needs an update whose last obfuscation is qsgd (this one: {got}); "
                           "use l2 or l2-relative for other updates")
-    q = int(quantiser.get("levels", 16)) - 1
+    q = int(quantiser["levels"]) - 1
     steps = {}
     for k, t in target.items():
         a = t.detach().abs().double()
         if t.numel() and float(a.max()) > 0:
-            steps[k] = float(a.max()) / q if quantiser.get("norm", "max") == "max" else float(a[a > 0].min())
+            steps[k] = float(a.max()) / q if quantiser["norm"] == "max" else float(a[a > 0].min())
     return steps
 
 

@@ -73,7 +73,7 @@ def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
     q = quantiser_of(update) if update is not None else None
     if not q or q["name"] != "qsgd":
         return False
-    return max_levels is None or int(q.get("levels", 16)) <= max_levels
+    return max_levels is None or int(q["levels"]) <= max_levels
 
 
 class StageOptions(EngineConfig):
