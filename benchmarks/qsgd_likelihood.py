@@ -33,7 +33,7 @@ def layer_shape(model: str, size: int) -> tuple[int, int]:
 def timings(out: int, inp: int, batch: int, repeats: int, seed: int = 0) -> dict[str, float]:
     import torch
 
-    from fedleak.attacks.matching import GradRep, Matcher
+    from fedleak.attacks.matching import GradRep, Matcher, quantiser_settings
     from fedleak.client.obfuscations import build_pipeline
     from fedleak.client.obfuscations.base import ObfContext
 
@@ -43,7 +43,7 @@ def timings(out: int, inp: int, batch: int, repeats: int, seed: int = 0) -> dict
         d = torch.randn(batch, out, generator=gen) * (torch.rand(batch, out, generator=gen) < 0.5)
         return d, torch.relu(torch.randn(batch, inp, generator=gen))
 
-    quantiser = {"name": "qsgd", "levels": 4}
+    quantiser = quantiser_settings({"name": "qsgd", "levels": 4})
     d0, h0 = factors()
     target = build_pipeline([quantiser]).apply({"w": d0.t() @ h0}, ObfContext(generator=gen))
     d1, h1 = factors()

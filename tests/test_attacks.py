@@ -324,7 +324,7 @@ def test_qsgd_likelihood_on_a_factorised_layer_matches_the_whole_gradient(monkey
 
     gen = torch.Generator().manual_seed(2)
     D, H = torch.randn(3, 300, generator=gen), torch.rand(3, 400, generator=gen) ** 4
-    quantiser = {"name": "qsgd", "levels": 4}
+    quantiser = matching.quantiser_settings({"name": "qsgd", "levels": 4})
     t = build_pipeline([quantiser]).apply({"w": D.t() @ H}, ObfContext(generator=gen))["w"]
     assert 0 < int((t != 0).sum()) < t.numel()
     Dx = (D + 0.3 * torch.randn(3, 300, generator=gen)).requires_grad_(True)

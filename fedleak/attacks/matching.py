@@ -99,8 +99,9 @@ class Matcher:
         self.loss = loss if isinstance(loss, MatchLoss) else LOSSES.get(loss)
         self.mode = mode
         self.weights = weights or {}
-        #: the update's last obfuscation step when it quantises (uniform, qsgd), every setting filled in
-        self.quantiser = quantiser_settings(quantiser) if quantiser else None
+        #: the update's last obfuscation step when it quantises (uniform, qsgd), every setting filled in: as
+        #: :func:`quantiser_of` / :func:`quantiser_settings` give it (resolved once, by the caller)
+        self.quantiser = quantiser
         self.quant_levels = int(self.quantiser["levels"]) if quantiser and mode == "quant" else None
         self.target = {k: v.detach() for k, v in target.items()}
         self.tnorm2 = {k: float((v.double() ** 2).sum()) for k, v in self.target.items()}
