@@ -9,6 +9,8 @@ import types
 import pytest
 import torch
 
+import fedleak
+
 from fedleak.attacks import ATTACKS, attack, check_attack_config
 from fedleak.attacks.engine import EngineConfig, resolve_parts
 from fedleak.attacks.losses import LOSSES, MatchLoss
@@ -154,6 +156,48 @@ def test_sign_budget_applies_unless_sign_iterations_is_given():
 
 
 # the sign budget reaching the engine: tests/test_budget_rule.py::test_the_sign_budget_reaches_the_engine_and_is_noted
+
+
+# --- which iterate a run returns ---------------------------------------------------------------------------
+
+def _iterates(view, update, **opts):
+    """The attack's result and the (clamped) images after each of its iterations."""
+    seen = []
+    rec = attack("rog", view, update, iterations=12, lr=0.2, callback_every=1,
+                 callback=lambda st: seen.append(st["images"]()), **opts)
+    assert len(seen) == 12
+    return rec, seen
+
+
+def test_result_picks_the_returned_iterate(small):
+    view, update = small
+    best, seen = _iterates(view, update)  # result: best-loss (the default)
+    k = min(range(12), key=best.loss_history.__getitem__)
+    assert k != 11, "the test needs a run whose lowest loss is not at its last iteration"
+    assert torch.equal(best.images, seen[k]) and best.info["best_loss"] == best.loss_history[k]
+    last, seen_last = _iterates(view, update, result="last")
+    assert last.loss_history == best.loss_history  # same run, another pick
+    assert torch.equal(last.images, seen_last[-1]) and not torch.equal(last.images, best.images)
+    assert last.info["best_loss"] == last.loss_history[-1]
+
+
+def test_result_best_objective_scores_with_the_priors(small):
+    view, update = small
+    plain, _ = _iterates(view, update)
+    same, _ = _iterates(view, update, result="best-objective")  # no prior: the objective is the matching loss
+    assert torch.equal(plain.images, same.images)
+    tv, _ = _iterates(view, update, result="best-objective", tv=10.0)
+    assert tv.info["best_loss"] > min(tv.loss_history)  # the score includes the weighted TV
+
+
+def test_result_names_the_valid_choices():
+    with pytest.raises(ConfigError, match=r"result='first'; valid: best-loss, best-objective, last"):
+        EngineConfig(result="first")
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.signsgd.result=last"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    sign = types.SimpleNamespace(obfuscation=[{"name": "sign"}])
+    assert [c.result for c in opts.stage_configs(sign)][-1] == "last"
+    assert [c.result for c in opts.stage_configs(None)][-1] == "best-loss"
 
 
 # --- init from given images (multi-stage attacks) ----------------------------------------------------------

@@ -13,7 +13,10 @@ Parts:
 * optimisers: ``adam`` (optionally ``signed`` steps, as Inverting Gradients), ``lbfgs`` (DLG);
   schedules (:data:`~fedleak.attacks.schedules.SCHEDULES`) ``cosine`` (to ``final_lr_factor`` x lr),
   ``multistep`` (x0.1 at 3/8, 5/8, 7/8), ``none``;
-* ``restarts`` keeping the lowest matching loss;
+* ``restarts``; ``result`` picks the iterate a restart returns and by which score restarts are compared:
+  ``best-loss`` (the lowest matching loss, the default), ``best-objective`` (the lowest matching loss plus
+  weighted priors) or ``last`` (the final iterate, scored by its matching loss). Under a coarse obfuscation
+  the matching loss can reach its minimum early, on a worse image than the final one (signSGD, docs/results.md);
 * labels: ``known`` (shared with the server), ``idlg``, ``yin``, ``llg``, ``optimize`` (DLG's joint soft
   labels) or ``auto`` (known if shared, else idlg for one image, llg for a batch);
 * FedAvg updates are attacked by unrolling the client's local steps (``simulate.ForwardModel.fedavg``).

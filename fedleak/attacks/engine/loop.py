@@ -271,7 +271,7 @@ def _one_run(cfg: EngineConfig, parts: Parts, problem: Problem, r: int, gen: tor
     try:
         while run.it < cfg.iterations:
             try:
-                lval = _step(cfg, run.opt, objective, run.latent)
+                total, lval = _step(cfg, run.opt, objective, run.latent)
             except _NaN:
                 nan_restarts = _roll_back(cfg, run, good, nan_restarts, r)
                 continue
@@ -279,8 +279,9 @@ def _one_run(cfg: EngineConfig, parts: Parts, problem: Problem, r: int, gen: tor
             run.sched.step()
             run.it += 1
             run.history.append(lval)
-            if lval < run.best["loss"]:
-                run.record_best(lval, problem.labels)
+            score = total if cfg.result == "best-objective" else lval
+            if cfg.result == "last" or score < run.best["loss"]:
+                run.record_best(score, problem.labels)
             if callback is not None and (run.it % cfg.callback_every == 0 or run.it == cfg.iterations):
                 callback(_progress(cfg, run, r, lval, best, t_start))
             if run.it % cfg.checkpoint_every == 0:
@@ -327,7 +328,8 @@ class _NaN(Exception):
     pass
 
 
-def _step(cfg: EngineConfig, opt, objective, latent: Latent) -> float:
+def _step(cfg: EngineConfig, opt, objective, latent: Latent) -> tuple[float, float]:
+    """One optimiser step; returns the (objective, matching loss) evaluated in it."""
     if cfg.optimizer == "adam":
         opt.zero_grad(set_to_none=True)
         total, loss = objective()
@@ -339,7 +341,7 @@ def _step(cfg: EngineConfig, opt, objective, latent: Latent) -> float:
         if cfg.signed:
             latent.z.grad.sign_()
         opt.step()
-        return float(loss.detach())
+        return float(total.detach()), float(loss.detach())
     vals = {}
 
     def closure():
@@ -348,8 +350,8 @@ def _step(cfg: EngineConfig, opt, objective, latent: Latent) -> float:
         if not torch.isfinite(total):
             raise _NaN()
         total.backward()
-        vals["loss"] = float(loss.detach())
+        vals["total"], vals["loss"] = float(total.detach()), float(loss.detach())
         return total
 
     opt.step(closure)
-    return vals["loss"]
+    return vals["total"], vals["loss"]

@@ -74,6 +74,9 @@ class EngineConfig(Options):
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
     priors: Optional[dict[str, float]] = None  # further PRIORS by name -> weight
     restarts: int = Field(1, ge=1)
+    #: which iterate a restart returns: the lowest matching loss (best-loss), the lowest matching loss plus
+    #: weighted priors (best-objective) or the final one (last); restarts are compared by the same score
+    result: Literal["best-loss", "best-objective", "last"] = "best-loss"
     labels: Literal[LABEL_METHODS] = "auto"
     aware: Any = "auto"  # auto | none | mask | sign | quant
     fast: bool = True  # Gram/low-rank evaluation of large linear layers
