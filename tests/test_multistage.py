@@ -75,6 +75,27 @@ def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations()
     assert all(c.seed == 3 and c.aware == "none" and c.precision == "auto" for c in opts.stage_configs())
 
 
+def test_a_sign_budget_of_zero_skips_the_stage_for_sign_compressed_updates_only(tiny):
+    _, view, update = tiny
+    stages = {"0": {"iterations": 3, "sign_iterations": 2}, "1": {"iterations": 2, "sign_iterations": 0},
+              "2": {"iterations": 2, "sign_iterations": 3}}
+    opts = ATTACKS.options("rog-refine", {"stages": stages})
+    assert [(c.param, c.iterations) for c in opts.stage_configs(SIGN)] == [("lowres", 2), ("pixels", 3)]
+    assert [c.iterations for c in opts.stage_configs(None)] == [3, 2, 2]
+    signed = Case({"seed": 1, "data": {"source": "builtin", "size": 16, "batch_size": 1},
+                   "model": {"name": "lenet"}, "obfuscation": [{"name": "sign"}], "attack": "rog"})
+    rec = attack("rog-refine", signed.server_view(), signed.client_update(), stages=stages)
+    assert [(s["options"]["param"], s["iterations_run"]) for s in rec.info["stages"]] == [("lowres", 2), ("pixels", 3)]
+    assert "0 skips a stage" in rec.info["notes"][0]
+    assert len(attack("rog-refine", view, update, stages=stages).info["stages"]) == 3  # not sign-compressed
+    with pytest.raises(ConfigError, match="every stage has sign_iterations 0"):
+        ATTACKS.options("rog-refine", {"stages": {str(i): {"sign_iterations": 0} for i in range(3)}})
+    with pytest.raises(ConfigError, match="the first stage with sign_iterations > 0: init: previous needs"):
+        ATTACKS.options("rog-refine", {"stages": {"0": {"sign_iterations": 0}}})
+    with pytest.raises(ConfigError, match="sign_iterations must be between 1 and"):
+        ATTACKS.options("rog", {"sign_iterations": 0})  # one stage: nothing would run
+
+
 def test_single_stage_presets_are_unchanged():
     assert PRESETS["rog"]["iterations"] == 100 and "rog-refine" not in PRESETS
     assert fedleak.load_config().attack == {"name": "rog-refine"}  # the default attack

@@ -45,9 +45,9 @@ matching of the original papers.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Optional
 
-from pydantic import create_model
+from pydantic import Field, create_model
 
 from fedleak.attacks.base import ATTACKS, Reconstruction
 from fedleak.attacks.engine import EngineConfig, run_engine
@@ -88,6 +88,8 @@ def preset_options(preset: str) -> type[StageOptions]:
         info = copy.deepcopy(StageOptions.model_fields[key])
         info.default = value
         fields[key] = (info.annotation, info)
+    # one stage: a sign budget of 0 (a multi-stage attack's "skip this stage") would leave nothing to run
+    fields["sign_iterations"] = (Optional[int], Field(SIGN_ITERATIONS.get(preset), ge=1, le=10_000_000))
     title = "".join(w.capitalize() for w in preset.split("-"))
     return create_model(f"{title}Options", __base__=StageOptions, __doc__=f"Engine options of {_DOCS[preset]}.",
                         __module__=__name__, **fields)
@@ -162,7 +164,7 @@ def _make_staged(preset: str):
         its, plain = [c.iterations for c in configs], [c.iterations for c in options.stage_configs()]
         if its != plain:
             rec.info["notes"] = [f"sign-compressed update: {preset} ran its stages' sign budgets {its} "
-                                 f"(attack.stages.N.sign_iterations), not iterations {plain}"]
+                                 f"(attack.stages.N.sign_iterations; 0 skips a stage), not iterations {plain}"]
         return rec
 
     attack_fn.__name__ = preset.replace("-", "_")

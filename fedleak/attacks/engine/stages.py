@@ -3,7 +3,8 @@
 A stage is one set of engine options (:class:`StageOptions`: an :class:`EngineConfig` plus two kinds of
 update-dependent settings). ``sign_iterations`` is the stage's budget for sign-compressed updates
 (``iterations`` is the budget for every other update; ``sign_iterations: null`` means the same as
-``iterations``). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
+``iterations``; ``sign_iterations: 0`` skips the stage for a sign-compressed update, so the next stage starts from
+the images of the one before it). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
 ``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), and ``qsgd``
 for an update whose last obfuscation is QSGD with at most ``qsgd_levels`` levels (an option of the attack, default 4;
@@ -80,7 +81,7 @@ class StageOptions(EngineConfig):
     """One stage: engine options, its iterations for sign-compressed updates and the options that replace its
     own for sparsified (``sparse``), sign-compressed (``signsgd``) and QSGD-quantised (``qsgd``) updates."""
 
-    sign_iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+    sign_iterations: Optional[int] = Field(None, ge=0, le=10_000_000)  # 0: skipped for sign-compressed updates
     sparse: dict[str, Any] = Field(default_factory=dict)
     signsgd: dict[str, Any] = Field(default_factory=dict)
     qsgd: dict[str, Any] = Field(default_factory=dict)
@@ -212,13 +213,18 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         variants = ((False, False, False), (False, True, False), (True, False, False), (False, False, True))
         for sign, sparse, qsgd in variants:  # every variant's engine options check
             configs = self._configs(sign=sign, sparse=sparse, qsgd=qsgd)
+            if not configs:
+                raise ValueError("stages: every stage has sign_iterations 0, so a sign-compressed update would "
+                                 "run none")
             if configs[0].init == "previous":
-                raise ValueError("stages.0: init: previous needs a previous stage")
+                first = "the first stage with sign_iterations > 0" if sign else "stages.0"
+                raise ValueError(f"{first}: init: previous needs a previous stage")
         return self
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
-        """The engine options of each stage, for ``update`` if given (its sign budget and options, its sparse
-        options, its QSGD options if it has at most ``qsgd_levels`` levels)."""
+        """The engine options of each stage run for ``update`` if given (its sign budget and options, its sparse
+        options, its QSGD options if it has at most ``qsgd_levels`` levels); for a sign-compressed update the
+        stages with ``sign_iterations: 0`` are left out."""
         return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update),
                              qsgd=is_qsgd_quantised(update, self.qsgd_levels))
 
@@ -226,6 +232,8 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         shared = {k: getattr(self, k) for k in SHARED}
         out = []
         for i, st in enumerate(self.stages):
+            if sign and st.sign_iterations == 0:
+                continue
             d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", "qsgd", *SHARED})
             if qsgd:
                 d.update(st.qsgd)
