@@ -58,11 +58,12 @@ def test_stage_option_from_set_reaches_the_stage(tiny):
 
 def test_sign_budget_is_per_stage_and_yields_only_to_the_users_sign_iterations():
     preset = STAGED_PRESETS["rog-refine"][0]
+    run = [s["sign_iterations"] for s in preset if s["sign_iterations"] != 0]  # 0: the stage is skipped
     opts = ATTACKS.options("rog-refine", {})
-    assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == run
     assert [c.iterations for c in opts.stage_configs(None)] == [s["iterations"] for s in preset]
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"iterations": 7}}})
-    assert [c.iterations for c in opts.stage_configs(SIGN)] == [s["sign_iterations"] for s in preset]
+    assert [c.iterations for c in opts.stage_configs(SIGN)] == run
     opts = ATTACKS.options("rog-refine", {"stages": {"1": {"sign_iterations": 7}}})
     assert [c.iterations for c in opts.stage_configs(SIGN)] == [preset[0]["sign_iterations"], 7,
                                                                 preset[2]["sign_iterations"]]
@@ -316,7 +317,9 @@ def test_sparse_options_apply_only_to_sparsified_updates():
     assert opts.stage_configs(None)[2].final_lr_factor == 0.1
     for name in ("randk", "prune"):
         assert opts.stage_configs(types.SimpleNamespace(obfuscation=[{"name": name}]))[2].loss == "cosine"
-    assert [(c.loss, c.tv) for c in opts.stage_configs(SIGN)] == [("l2", 0.0), ("l2", 0.0), ("l2", 1.5)]
+    # sign-compressed: the 2x stage is skipped (sign_iterations 0), the pixel stage returns its final iterate
+    assert [(c.loss, c.tv, c.result) for c in opts.stage_configs(SIGN)] == [("l2", 0.0, "best-loss"),
+                                                                           ("l2", 5.0, "last")]
     assert [c.iterations for c in opts.stage_configs(TOPK)] == [c.iterations for c in opts.stage_configs(None)]
     cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.sparse.loss=l2",
                                          "attack.stages.1.sparse.tv=0.3"])
@@ -328,10 +331,10 @@ def test_signsgd_options_apply_only_to_sign_compressed_updates():
     """``signsgd`` replaces a stage's options for a sign-compressed update only, merges key by key from
     ``--set``, and carries no budget (sign_iterations is the sign budget)."""
     cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.1.signsgd.tv=0.4",
-                                         "attack.stages.2.signsgd.lr=0.02"])
+                                         "attack.stages.1.sign_iterations=40", "attack.stages.2.signsgd.lr=0.02"])
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     sign = opts.stage_configs(SIGN)
-    assert [(c.tv, c.lr) for c in sign] == [(0.0, 0.05), (0.4, 0.05), (1.5, 0.02)]
+    assert [(c.tv, c.lr) for c in sign] == [(0.0, 0.05), (0.4, 0.05), (5.0, 0.02)]
     assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.05, 0.05)]
     assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
     with pytest.raises(ConfigError, match=r"signsgd\.iterations: a stage's budget is its iterations") as e:
