@@ -158,6 +158,24 @@ def test_sign_budget_applies_unless_sign_iterations_is_given():
 # the sign budget reaching the engine: tests/test_budget_rule.py::test_the_sign_budget_reaches_the_engine_and_is_noted
 
 
+# --- prior weights scaled by the batch size -------------------------------------------------------------------
+
+def test_tv_batch_scales_the_prior_weights_by_the_root_of_the_batch_ratio():
+    cfg = EngineConfig(tv=2.0, tv_size=64, tv_batch=8, priors={"bn-stats": 0.5})
+    weights = [w for w, _ in resolve_parts(cfg).prior_terms(cfg, 128, 2)]
+    assert weights == pytest.approx([2.0 * (128 / 64) * 0.5, 0.5 * 0.5])  # sqrt(2 / 8) = 0.5; bn-stats: no side
+    plain = EngineConfig(tv=2.0)
+    assert [w for w, _ in resolve_parts(plain).prior_terms(plain, 128, 2)] == [2.0]
+
+
+def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
+    view, update = small  # batch 1
+    a = attack("rog", view, update, iterations=3, tv=0.5)
+    b = attack("rog", view, update, iterations=3, tv=0.5, tv_batch=1)
+    c = attack("rog", view, update, iterations=3, tv=0.5, tv_batch=4)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
 # --- which iterate a run returns ---------------------------------------------------------------------------
 
 def _iterates(view, update, **opts):

@@ -9,7 +9,9 @@ Parts:
   per-parameter ``layer_weights``, obfuscation-aware ``aware`` mode;
 * priors (:data:`~fedleak.attacks.priors.PRIORS`): total variation ``tv`` (optionally scaled by image side /
   ``tv_size``: the mean pixel difference of a natural image shrinks with resolution, so one weight then suits
-  32x32 and 128x128) and any registered prior by ``priors: {name: weight}``; outputs are clamped to [0, 1];
+  32x32 and 128x128) and any registered prior by ``priors: {name: weight}``; with ``tv_batch`` every prior weight
+  is x sqrt(batch size / tv_batch) (fewer bits per image in a larger batch: more weight on the prior); outputs
+  are clamped to [0, 1];
 * optimisers: ``adam`` (optionally ``signed`` steps, as Inverting Gradients), ``lbfgs`` (DLG);
   schedules (:data:`~fedleak.attacks.schedules.SCHEDULES`) ``cosine`` (to ``final_lr_factor`` x lr),
   ``multistep`` (x0.1 at 3/8, 5/8, 7/8), ``none``;

@@ -245,7 +245,7 @@ def _objective(run: _Run, problem: Problem, parts: Parts, cfg: EngineConfig) -> 
     """(matching loss + weighted priors, matching loss) of the current latent."""
     fwd = problem.fwd
     terms = [(w, prior.for_model(fwd.model, fwd.params, fwd.buffers))
-             for w, prior in parts.prior_terms(cfg, max(run.latent.size))]
+             for w, prior in parts.prior_terms(cfg, max(run.latent.size), problem.shape[0])]
     soft = problem.labels is None
 
     def objective():

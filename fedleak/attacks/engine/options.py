@@ -72,6 +72,7 @@ class EngineConfig(Options):
     layer_weights: Optional[dict[str, float]] = None
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
+    tv_batch: Optional[int] = Field(None, ge=1)  # if set, prior weights are x sqrt(batch size / tv_batch)
     priors: Optional[dict[str, float]] = None  # further PRIORS by name -> weight
     restarts: int = Field(1, ge=1)
     #: which iterate a restart returns: the lowest matching loss (best-loss), the lowest matching loss plus

@@ -7,6 +7,8 @@ in its module; nothing here or in the loop changes.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from fedleak.attacks.engine.latent import PARAMETERISATIONS, Parameterisation
@@ -22,9 +24,12 @@ class Parts:
     param: Parameterisation
     schedule: Schedule
 
-    def prior_terms(self, cfg, side: int) -> list[tuple[float, Prior]]:
-        """(effective weight, prior): side-scaled priors are weighted x side / tv_size when tv_size is set."""
-        return [(w * (side / cfg.tv_size if cfg.tv_size and p.side_scaled else 1.0), p) for _, w, p in self.priors]
+    def prior_terms(self, cfg, side: int, batch: int) -> list[tuple[float, Prior]]:
+        """(effective weight, prior): side-scaled priors are weighted x side / tv_size when tv_size is set, and
+        every prior x sqrt(batch / tv_batch) when tv_batch is set."""
+        per_batch = math.sqrt(batch / cfg.tv_batch) if cfg.tv_batch else 1.0
+        return [(w * per_batch * (side / cfg.tv_size if cfg.tv_size and p.side_scaled else 1.0), p)
+                for _, w, p in self.priors]
 
 
 def resolve_parts(cfg) -> Parts:

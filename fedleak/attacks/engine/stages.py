@@ -357,7 +357,7 @@ def attack_objective(view, update, attack_config: dict, labels: Optional[torch.T
     if soft:  # soft labels were optimised: judge with the labels read off the last layer instead
         y = resolve_labels(cfg.model_copy(update={"labels": "llg"}), view, update, problem.fwd.model,
                            problem.matcher.target)[0]
-    terms = parts.prior_terms(cfg, max(problem.shape[-2:])) if priors else []
+    terms = parts.prior_terms(cfg, max(problem.shape[-2:]), problem.shape[0]) if priors else []
 
     def score(images: torch.Tensor) -> Score:
         x = images.detach().to(getattr(torch, cfg.dtype))
