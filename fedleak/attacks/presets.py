@@ -24,7 +24,7 @@
                        for a QSGD-quantised one by ``qsgd-likelihood`` (the exact likelihood of the received
                        levels). Not a paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128
                        (docs/results.md, "rog-refine, coarse to fine", "budget split", "relative L2", "sparse
-                       pixel stage", "QSGD likelihood in the pixel stage" and "signSGD: the final iterate").
+                       pixel stage", "QSGD likelihood in the pixel stage" and "rog-refine under signSGD").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -86,7 +86,7 @@ def preset_options(preset: str) -> type[StageOptions]:
     """:class:`EngineConfig` with the defaults of ``preset`` (same fields, ranges and checks), plus
     ``sign_iterations`` (the preset's budget for sign-compressed updates, :data:`SIGN_ITERATIONS`)."""
     fields = {}
-    for key, value in {**PRESETS[preset], "sign_iterations": SIGN_ITERATIONS.get(preset)}.items():
+    for key, value in PRESETS[preset].items():
         info = copy.deepcopy(StageOptions.model_fields[key])
         info.default = value
         fields[key] = (info.annotation, info)
@@ -138,7 +138,7 @@ for _name in PRESETS:
 #: multi-stage presets: name -> (stages, options shared by the stages); each stage's ``sign_iterations`` is its
 #: budget for sign-compressed updates, used when the user did not set that stage's ``iterations``
 #: what the refinement stages of rog-refine share: each starts from the previous stage's images
-_REFINE = dict(iterations=40, sign_iterations=120, lr=0.05, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
+_REFINE = dict(iterations=40, lr=0.05, optimizer="adam", schedule="cosine", final_lr_factor=0.1,
                mapping="box", init="previous", loss="l2")
 
 STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
