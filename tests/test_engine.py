@@ -168,6 +168,13 @@ def test_tv_batch_scales_the_prior_weights_by_the_root_of_the_batch_ratio():
     assert [w for w, _ in resolve_parts(plain).prior_terms(plain, 128, 2)] == [2.0]
 
 
+
+def test_tv_batch_cap_lightens_small_batches_and_leaves_large_ones_alone():
+    cfg = EngineConfig(tv=4.0, tv_batch=4, tv_batch_cap=True)
+    weight = lambda b: resolve_parts(cfg).prior_terms(cfg, 128, b)[0][0]
+    assert weight(1) == pytest.approx(4.0 * 0.5)  # sqrt(1 / 4)
+    assert weight(4) == weight(16) == 4.0  # uncapped, batch 16 would get x 2
+
 def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
     view, update = small  # batch 1
     a = attack("rog", view, update, iterations=3, tv=0.5)

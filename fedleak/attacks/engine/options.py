@@ -73,6 +73,7 @@ class EngineConfig(Options):
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
     tv_batch: Optional[int] = Field(None, ge=1)  # if set, prior weights are x sqrt(batch size / tv_batch)
+    tv_batch_cap: bool = False  # if true, that factor is at most 1: only batches below tv_batch get lighter priors
     priors: Optional[dict[str, float]] = None  # further PRIORS by name -> weight
     restarts: int = Field(1, ge=1)
     #: which iterate a restart returns: the lowest matching loss (best-loss), the lowest matching loss plus
