@@ -183,6 +183,25 @@ def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
 
 
+
+# --- the weight of the large linear layers --------------------------------------------------------------------
+
+def test_big_weight_multiplies_the_large_linear_weights_only():
+    from fedleak.attacks.engine.loop import _layer_weights
+    params = {"fc1.weight": torch.zeros(64, 32), "fc2.weight": torch.zeros(4, 8), "conv.weight": torch.zeros(8, 8, 3, 3)}
+    assert _layer_weights(EngineConfig(big_threshold=1000), params) is None  # all weights 1
+    w = _layer_weights(EngineConfig(big_weight=4.0, big_threshold=1000, layer_weights={"fc": 0.5}), params)
+    assert w == {"fc1.weight": 2.0, "fc2.weight": 0.5}  # 2048 entries >= 1000; the 576-entry conv is not linear
+
+
+def test_big_weight_changes_a_stage_only_where_a_large_linear_layer_exists(small):
+    view, update = small
+    plain = attack("rog", view, update, iterations=3)
+    same = attack("rog", view, update, iterations=3, big_weight=4.0, big_threshold=1 << 30)  # no layer that big
+    fast = attack("rog", view, update, iterations=3, big_threshold=1)  # every linear layer is large
+    heavy = attack("rog", view, update, iterations=3, big_weight=4.0, big_threshold=1)
+    assert torch.equal(plain.images, same.images) and not torch.equal(fast.images, heavy.images)
+
 # --- which iterate a run returns ---------------------------------------------------------------------------
 
 def _iterates(view, update, **opts):

@@ -6,7 +6,7 @@ Parts:
   full-resolution ``pixels`` or a ``lowres`` latent upsampled bicubically by ``scale`` (ROG); ``box`` (projected
   to [0, 1] after each step) or ``sigmoid`` mapping;
 * matching loss: ``l2``, ``cosine``, ``l2-relative`` or ``qsgd-likelihood`` (:data:`~fedleak.attacks.losses.LOSSES`),
-  per-parameter ``layer_weights``, obfuscation-aware ``aware`` mode;
+  per-parameter ``layer_weights`` (and ``big_weight`` on the large linear layers), obfuscation-aware ``aware`` mode;
 * priors (:data:`~fedleak.attacks.priors.PRIORS`): total variation ``tv`` (optionally scaled by image side /
   ``tv_size``: the mean pixel difference of a natural image shrinks with resolution, so one weight then suits
   32x32 and 128x128) and any registered prior by ``priors: {name: weight}``; with ``tv_batch`` every prior weight

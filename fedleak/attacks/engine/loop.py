@@ -87,10 +87,16 @@ class Problem:
         return self.fwd.fedsgd(x, y, soft)
 
 
-def _layer_weights(cfg: EngineConfig, names) -> Optional[dict[str, float]]:
-    if not cfg.layer_weights:
+def _layer_weights(cfg: EngineConfig, params: dict[str, torch.Tensor]) -> Optional[dict[str, float]]:
+    """Parameter name -> weight in the matching loss: ``layer_weights`` by name pattern, and ``big_weight`` on
+    every linear weight of at least ``big_threshold`` entries (the two multiply); None when all are 1."""
+    if not cfg.layer_weights and cfg.big_weight == 1.0:
         return None
-    return {k: float(w) for k in names for pat, w in cfg.layer_weights.items() if pat in k}
+    weights = {k: float(w) for k in params for pat, w in (cfg.layer_weights or {}).items() if pat in k}
+    for k, v in params.items():
+        if v.dim() == 2 and v.numel() >= cfg.big_threshold:
+            weights[k] = weights.get(k, 1.0) * cfg.big_weight
+    return weights
 
 
 def prepare(view, update, cfg: EngineConfig, parts: Parts) -> Problem:

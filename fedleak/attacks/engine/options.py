@@ -70,6 +70,7 @@ class EngineConfig(Options):
     init: Literal["uniform", "randn", "gray", "previous"] = "uniform"  # previous: the previous stage's images
     loss: str = "l2"  # LOSSES: l2 | cosine | l2-relative | qsgd-likelihood
     layer_weights: Optional[dict[str, float]] = None
+    big_weight: float = Field(1.0, ge=0)  # x the matching weight of linear weights with >= big_threshold entries
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
     tv_batch: Optional[int] = Field(None, ge=1)  # if set, prior weights are x sqrt(batch size / tv_batch)

@@ -265,7 +265,7 @@ def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: Eng
                    start: Optional[torch.Tensor]) -> Problem:
     """The problem as one stage sees it: its own matching loss (if it differs) and its start images."""
     matcher = problem.matcher
-    if cfg.loss != first.loss or cfg.layer_weights != first.layer_weights:
+    if (cfg.loss, cfg.layer_weights, cfg.big_weight) != (first.loss, first.layer_weights, first.big_weight):
         m = problem.matcher
         matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd.params),
                           tuple(problem.fwd.big), m.quantiser)
