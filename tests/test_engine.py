@@ -168,12 +168,12 @@ def test_tv_batch_scales_the_prior_weights_by_the_root_of_the_batch_ratio():
     assert [w for w, _ in resolve_parts(plain).prior_terms(plain, 128, 2)] == [2.0]
 
 
-
 def test_tv_batch_cap_lightens_small_batches_and_leaves_large_ones_alone():
     cfg = EngineConfig(tv=4.0, tv_batch=4, tv_batch_cap=True)
     weight = lambda b: resolve_parts(cfg).prior_terms(cfg, 128, b)[0][0]
     assert weight(1) == pytest.approx(4.0 * 0.5)  # sqrt(1 / 4)
     assert weight(4) == weight(16) == 4.0  # uncapped, batch 16 would get x 2
+
 
 def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
     view, update = small  # batch 1
@@ -183,15 +183,19 @@ def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
 
 
-
 # --- the weight of the large linear layers --------------------------------------------------------------------
 
 def test_big_weight_multiplies_the_large_linear_weights_only():
     from fedleak.attacks.engine.loop import _layer_weights
-    params = {"fc1.weight": torch.zeros(64, 32), "fc2.weight": torch.zeros(4, 8), "conv.weight": torch.zeros(8, 8, 3, 3)}
-    assert _layer_weights(EngineConfig(big_threshold=1000), params) is None  # all weights 1
-    w = _layer_weights(EngineConfig(big_weight=4.0, big_threshold=1000, layer_weights={"fc": 0.5}), params)
-    assert w == {"fc1.weight": 2.0, "fc2.weight": 0.5}  # 2048 entries >= 1000; the 576-entry conv is not linear
+    from fedleak.attacks.simulate import ForwardModel
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, bias=False), torch.nn.Flatten(),
+                                torch.nn.Linear(32, 64, bias=False), torch.nn.Linear(8, 4, bias=False))
+    params = dict(model.named_parameters())
+    for fast in (True, False):  # the large layers are the same whether or not they are evaluated factorised
+        fwd = ForwardModel(model, params, {}, big_threshold=1000, fast=fast)
+        assert _layer_weights(EngineConfig(big_threshold=1000), fwd) is None  # all weights 1
+        w = _layer_weights(EngineConfig(big_weight=4.0, big_threshold=1000, layer_weights={"2.": 0.5, "3.": 0.5}), fwd)
+        assert w == {"2.weight": 2.0, "3.weight": 0.5}  # 2048 entries >= 1000; the 576-entry conv is not linear
 
 
 def test_big_weight_changes_a_stage_only_where_a_large_linear_layer_exists(small):
@@ -201,6 +205,7 @@ def test_big_weight_changes_a_stage_only_where_a_large_linear_layer_exists(small
     fast = attack("rog", view, update, iterations=3, big_threshold=1)  # every linear layer is large
     heavy = attack("rog", view, update, iterations=3, big_weight=4.0, big_threshold=1)
     assert torch.equal(plain.images, same.images) and not torch.equal(fast.images, heavy.images)
+
 
 # --- which iterate a run returns ---------------------------------------------------------------------------
 

@@ -37,14 +37,13 @@ class ForwardModel:
         self.params = {k: v.detach() for k, v in params.items()}
         self.buffers = buffers
         self.last_buffers: dict[str, torch.Tensor] = {}
-        self.big: dict[str, nn.Linear] = {}
-        self.big_bias: dict[str, str] = {}
-        if fast:
-            for name, mod in model.named_modules():
-                if isinstance(mod, nn.Linear) and mod.weight.numel() >= big_threshold:
-                    self.big[f"{name}.weight"] = mod
-                    if mod.bias is not None:
-                        self.big_bias[f"{name}.weight"] = f"{name}.bias"
+        large = {name: mod for name, mod in model.named_modules()
+                 if isinstance(mod, nn.Linear) and mod.weight.numel() >= big_threshold}
+        #: the weights of the linear layers with at least ``big_threshold`` entries, whether or not ``fast``
+        self.large_names = tuple(f"{name}.weight" for name in large)
+        #: those evaluated in factorised (Gram / low-rank) form: all of them with ``fast``, none without
+        self.big: dict[str, nn.Linear] = {f"{n}.weight": m for n, m in large.items()} if fast else {}
+        self.big_bias = {f"{n}.weight": f"{n}.bias" for n, m in large.items() if fast and m.bias is not None}
         self.small_names = [k for k in self.params if k not in self.big]
         self._mod2name = {id(m): k for k, m in self.big.items()}
         self._captures: list = []

@@ -87,15 +87,14 @@ class Problem:
         return self.fwd.fedsgd(x, y, soft)
 
 
-def _layer_weights(cfg: EngineConfig, params: dict[str, torch.Tensor]) -> Optional[dict[str, float]]:
+def _layer_weights(cfg: EngineConfig, fwd: ForwardModel) -> Optional[dict[str, float]]:
     """Parameter name -> weight in the matching loss: ``layer_weights`` by name pattern, and ``big_weight`` on
-    every linear weight of at least ``big_threshold`` entries (the two multiply); None when all are 1."""
+    the large linear layers (``fwd.large_names``; the two multiply); None when all are 1."""
     if not cfg.layer_weights and cfg.big_weight == 1.0:
         return None
-    weights = {k: float(w) for k in params for pat, w in (cfg.layer_weights or {}).items() if pat in k}
-    for k, v in params.items():
-        if v.dim() == 2 and v.numel() >= cfg.big_threshold:
-            weights[k] = weights.get(k, 1.0) * cfg.big_weight
+    weights = {k: float(w) for k in fwd.params for pat, w in (cfg.layer_weights or {}).items() if pat in k}
+    for k in fwd.large_names:
+        weights[k] = weights.get(k, 1.0) * cfg.big_weight
     return weights
 
 
@@ -125,7 +124,7 @@ def prepare(view, update, cfg: EngineConfig, parts: Parts) -> Problem:
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     autocast = resolve_precision(cfg, view.batch_size, device)
     fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast, autocast)
-    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, params), tuple(fwd.big), quantiser)
+    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, fwd), tuple(fwd.big), quantiser)
     return Problem(view, update, labels, label_method, mode, fwd, matcher, autocast,
                    (view.batch_size, *view.image_shape), device=device)
 

@@ -267,7 +267,7 @@ def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: Eng
     matcher = problem.matcher
     if (cfg.loss, cfg.layer_weights, cfg.big_weight) != (first.loss, first.layer_weights, first.big_weight):
         m = problem.matcher
-        matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd.params),
+        matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd),
                           tuple(problem.fwd.big), m.quantiser)
     return dataclasses.replace(problem, matcher=matcher, start=start)
 
