@@ -335,6 +335,8 @@ def test_signsgd_options_apply_only_to_sign_compressed_updates():
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     sign = opts.stage_configs(SIGN)
     assert [(c.tv, c.lr) for c in sign] == [(0.0, 0.05), (0.4, 0.05), (5.0, 0.02)]
+    assert [c.big_weight for c in sign] == [4.0, 1.0, 4.0]  # the preset's own sign overrides survive --set
+    assert [c.big_weight for c in opts.stage_configs(TOPK)] == [1.0, 1.0, 1.0]
     assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.05, 0.05)]
     assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
     with pytest.raises(ConfigError, match=r"signsgd\.iterations: a stage's budget is its iterations") as e:

@@ -19,14 +19,15 @@
                        FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
                        update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.05,
                        lr decaying to 0.3 x) instead; for a sign-compressed one by l1 sign agreement, the large
-                       linear layers weighted x 4 (``big_weight``), with TV 5 (x sqrt(batch / 4) below
-                       batch 4: 2.5 for one image), after 100 iterations of the 4x stage and none of the 2x
-                       stage (440 pixel iterations), returning the final iterate (``result: last``);
+                       linear layers weighted x 4 (``big_weight``, in the 4x stage as well), with TV 5
+                       (x sqrt(batch / 4) below batch 4: 2.5 for one image), after 100 iterations of the 4x
+                       stage and none of the 2x stage (440 pixel iterations), returning the final iterate
+                       (``result: last``);
                        for a QSGD-quantised one by ``qsgd-likelihood`` (the exact likelihood of the received
                        levels). Not a paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128
                        (docs/results.md, "rog-refine, coarse to fine", "budget split", "relative L2", "sparse
-                       pixel stage", "QSGD likelihood in the pixel stage", "rog-refine under signSGD" and
-                       "signSGD: big_weight 4, TV 2.5 for one image").
+                       pixel stage", "QSGD likelihood in the pixel stage", "rog-refine under signSGD",
+                       "signSGD: big_weight 4, TV 2.5 for one image" and "big_weight 4 in the x4 stage too").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -146,7 +147,7 @@ _REFINE = dict(iterations=40, lr=0.05, optimizer="adam", schedule="cosine", fina
 STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "rog-refine": (
         [{k: v for k, v in PRESETS["rog"].items() if k not in ("labels", "precision")}
-         | {"iterations": 60, "sign_iterations": 100},
+         | {"iterations": 60, "sign_iterations": 100, "signsgd": dict(big_weight=4.0)},
          _REFINE | dict(param="lowres", scale=2, sign_iterations=0),
          _REFINE | dict(param="pixels", iterations=90, sign_iterations=440, loss="l2-relative", tv=0.1, tv_size=128,
                         sparse=dict(loss="cosine", tv=0.05, final_lr_factor=0.3),
