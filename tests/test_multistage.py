@@ -309,9 +309,9 @@ TOPK = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.99}])
 
 def test_sparse_options_apply_only_to_sparsified_updates():
     """The preset's pixel stage matches by cosine (TV 0.05) for a top-k / random-k / pruned update and by relative
-    L2 (TV 0.1) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
+    L2 (TV 0.08) otherwise; the override can be set from ``--set`` and never carries a budget of its own."""
     opts = ATTACKS.options("rog-refine", {})
-    assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2-relative", 0.1)]
+    assert [(c.loss, c.tv) for c in opts.stage_configs(None)] == [("l2", 0.0), ("l2", 0.0), ("l2-relative", 0.08)]
     assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.0), ("cosine", 0.05)]
     assert [c.final_lr_factor for c in opts.stage_configs(TOPK)] == [0.1, 0.1, 0.3]
     assert opts.stage_configs(None)[2].final_lr_factor == 0.1
@@ -338,10 +338,28 @@ def test_signsgd_options_apply_only_to_sign_compressed_updates():
     assert [c.big_weight for c in sign] == [4.0, 1.0, 4.0]  # the preset's own sign overrides survive --set
     assert [c.big_weight for c in opts.stage_configs(TOPK)] == [1.0, 1.0, 1.0]
     assert [(c.tv, c.lr) for c in opts.stage_configs(TOPK)] == [(0.0, 0.05), (0.0, 0.05), (0.05, 0.05)]
-    assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.1, 0.05)]
+    assert [(c.tv, c.lr) for c in opts.stage_configs(None)] == [(0.0, 0.05), (0.0, 0.05), (0.08, 0.05)]
     with pytest.raises(ConfigError, match=r"signsgd\.iterations: a stage's budget is its iterations") as e:
         fedleak.load_config(base={"attack": {"name": "rog-refine", "stages": {"2": {"signsgd": {"iterations": 5}}}}})
     assert "\n" not in str(e.value)
+
+
+def test_qsgd_any_applies_to_every_qsgd_update_and_qsgd_on_top_of_it_to_coarse_ones():
+    """``qsgd_any`` replaces a stage's options for any QSGD update, ``qsgd`` then for one with at most
+    ``qsgd_levels`` levels (so ``qsgd`` wins where both set an option); neither touches other updates."""
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.qsgd_any.lr=0.02",
+                                         "attack.stages.2.qsgd.lr=0.03", "attack.stages.1.qsgd_any.tv=0.5"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+
+    def of(obf):
+        return [(c.loss, c.tv, c.lr) for c in opts.stage_configs(types.SimpleNamespace(obfuscation=obf))]
+    assert of([{"name": "qsgd", "levels": 16}]) == [("l2", 0.0, 0.05), ("l2", 0.5, 0.05), ("l2-relative", 0.1, 0.02)]
+    assert of([{"name": "qsgd", "levels": 4}]) == [("l2", 0.0, 0.05), ("l2", 0.5, 0.05),
+                                                   ("qsgd-likelihood", 0.1, 0.03)]
+    assert of([{"name": "qsgd", "levels": 4}, {"name": "gaussian", "sigma": 0.1}]) == of([]) == \
+        [("l2", 0.0, 0.05), ("l2", 0.0, 0.05), ("l2-relative", 0.08, 0.05)]
+    with pytest.raises(ConfigError, match=r"qsgd_any\.bogus: not a stage option"):
+        fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.qsgd_any.bogus=1"])
 
 
 def test_qsgd_options_apply_only_when_the_last_obfuscation_is_qsgd():
@@ -352,6 +370,7 @@ def test_qsgd_options_apply_only_when_the_last_obfuscation_is_qsgd():
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     qsgd = types.SimpleNamespace(obfuscation=[{"name": "clip", "max_norm": 1.0}, {"name": "qsgd", "levels": 4}])
     assert [c.loss for c in opts.stage_configs(qsgd)] == ["qsgd-likelihood", "l2", "qsgd-likelihood"]
+    assert opts.stage_configs(qsgd)[2].tv == 0.1  # qsgd_any: the preset's TV for QSGD, not the stage's own 0.08
     for other in ([{"name": "qsgd", "levels": 4}, {"name": "gaussian", "sigma": 0.1}], [{"name": "uniform"}], [],
                   [{"name": "qsgd", "levels": 16}]):  # finer than qsgd_levels (4): the stage's own options
         assert [c.loss for c in opts.stage_configs(types.SimpleNamespace(obfuscation=other))] == \

@@ -6,9 +6,10 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 ``iterations``; ``sign_iterations: 0`` skips the stage for a sign-compressed update, so the next stage starts from
 the images of the one before it). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
-``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), and ``qsgd``
-for an update whose last obfuscation is QSGD with at most ``qsgd_levels`` levels (an option of the attack, default 4;
-for example ``{loss: qsgd-likelihood}``): the attacker
+``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), ``qsgd_any``
+for an update whose last obfuscation is QSGD with any number of levels, and ``qsgd`` (applied after ``qsgd_any``)
+for one with at most ``qsgd_levels`` levels (an option of the attack, default 4; for example
+``{loss: qsgd-likelihood}``): the attacker
 reads the obfuscation off the update's metadata and picks the stage that works for it. Options that describe the
 attacked problem or the run rather than the optimisation (:data:`SHARED`: labels, ``aware``, seed, precision,
 checkpointing, ...) are set once, on the attack, and hold for every stage. A stage with ``init: previous``
@@ -79,14 +80,16 @@ def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
 
 class StageOptions(EngineConfig):
     """One stage: engine options, its iterations for sign-compressed updates and the options that replace its
-    own for sparsified (``sparse``), sign-compressed (``signsgd``) and QSGD-quantised (``qsgd``) updates."""
+    own for sparsified (``sparse``), sign-compressed (``signsgd``) and QSGD-quantised (``qsgd_any``; ``qsgd`` for
+    at most ``qsgd_levels`` levels) updates."""
 
     sign_iterations: Optional[int] = Field(None, ge=0, le=10_000_000)  # 0: skipped for sign-compressed updates
     sparse: dict[str, Any] = Field(default_factory=dict)
     signsgd: dict[str, Any] = Field(default_factory=dict)
+    qsgd_any: dict[str, Any] = Field(default_factory=dict)
     qsgd: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("sparse", "signsgd", "qsgd")
+    @field_validator("sparse", "signsgd", "qsgd_any", "qsgd")
     @classmethod
     def _override_keys(cls, v: dict, info) -> dict:
         unknown = sorted(k for k in v if k not in EngineConfig.model_fields or k in SHARED)
@@ -210,7 +213,7 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        variants = ((False, False, False), (False, True, False), (True, False, False), (False, False, True))
+        variants = ((False, False, 0), (False, True, 0), (True, False, 0), (False, False, 1), (False, False, 2))
         for sign, sparse, qsgd in variants:  # every variant's engine options check
             configs = self._configs(sign=sign, sparse=sparse, qsgd=qsgd)
             if not configs:
@@ -223,19 +226,22 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
         """The engine options of each stage run for ``update`` if given (its sign budget and options, its sparse
-        options, its QSGD options if it has at most ``qsgd_levels`` levels); for a sign-compressed update the
-        stages with ``sign_iterations: 0`` are left out."""
-        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update),
-                             qsgd=is_qsgd_quantised(update, self.qsgd_levels))
+        options, its QSGD options: ``qsgd_any``, then ``qsgd`` if it has at most ``qsgd_levels`` levels); for a
+        sign-compressed update the stages with ``sign_iterations: 0`` are left out."""
+        qsgd = is_qsgd_quantised(update) + is_qsgd_quantised(update, self.qsgd_levels)
+        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update), qsgd=qsgd)
 
-    def _configs(self, sign: bool, sparse: bool, qsgd: bool) -> list[EngineConfig]:
+    def _configs(self, sign: bool, sparse: bool, qsgd: int) -> list[EngineConfig]:
+        """``qsgd``: 0 not QSGD, 1 QSGD with more than ``qsgd_levels`` levels, 2 with at most that many."""
         shared = {k: getattr(self, k) for k in SHARED}
         out = []
         for i, st in enumerate(self.stages):
             if sign and st.sign_iterations == 0:
                 continue
-            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", "qsgd", *SHARED})
+            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", "qsgd_any", "qsgd", *SHARED})
             if qsgd:
+                d.update(st.qsgd_any)
+            if qsgd == 2:
                 d.update(st.qsgd)
             if sparse:
                 d.update(st.sparse)
