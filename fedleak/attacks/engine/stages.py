@@ -78,6 +78,10 @@ def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
     return max_levels is None or int(q["levels"]) <= max_levels
 
 
+#: a stage's update-dependent option sets, in the order they are applied over its own options
+OVERRIDES = ("qsgd_any", "qsgd", "sparse", "signsgd")
+
+
 class StageOptions(EngineConfig):
     """One stage: engine options, its iterations for sign-compressed updates and the options that replace its
     own for sparsified (``sparse``), sign-compressed (``signsgd``) and QSGD-quantised (``qsgd_any``; ``qsgd`` for
@@ -89,7 +93,7 @@ class StageOptions(EngineConfig):
     qsgd_any: dict[str, Any] = Field(default_factory=dict)
     qsgd: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("sparse", "signsgd", "qsgd_any", "qsgd")
+    @field_validator(*OVERRIDES)
     @classmethod
     def _override_keys(cls, v: dict, info) -> dict:
         unknown = sorted(k for k in v if k not in EngineConfig.model_fields or k in SHARED)
@@ -136,7 +140,7 @@ def merge_stages(preset: list[dict], given: Any) -> list[dict]:
 
 
 def _merge_stage(stage: dict, over: dict) -> dict:
-    """``stage`` with the options of ``over``; a mapping option (``sparse``, ``signsgd``, ``qsgd``) is merged key by
+    """``stage`` with the options of ``over``; a mapping option (one of :data:`OVERRIDES`) is merged key by
     key, so ``stages.2.sparse.loss`` sets one option of it."""
     merged = dict(stage)
     for key, value in over.items():
@@ -213,14 +217,14 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        variants = ((False, False, 0), (False, True, 0), (True, False, 0), (False, False, 1), (False, False, 2))
-        for sign, sparse, qsgd in variants:  # every variant's engine options check
-            configs = self._configs(sign=sign, sparse=sparse, qsgd=qsgd)
+        variants = ((), ("sparse",), ("signsgd",), ("qsgd_any",), ("qsgd_any", "qsgd"))
+        for applied in variants:  # every variant's engine options check
+            configs = self._configs(frozenset(applied))
             if not configs:
                 raise ValueError("stages: every stage has sign_iterations 0, so a sign-compressed update would "
                                  "run none")
             if configs[0].init == "previous":
-                first = "the first stage with sign_iterations > 0" if sign else "stages.0"
+                first = "the first stage with sign_iterations > 0" if "signsgd" in applied else "stages.0"
                 raise ValueError(f"{first}: init: previous needs a previous stage")
         return self
 
@@ -228,27 +232,24 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         """The engine options of each stage run for ``update`` if given (its sign budget and options, its sparse
         options, its QSGD options: ``qsgd_any``, then ``qsgd`` if it has at most ``qsgd_levels`` levels); for a
         sign-compressed update the stages with ``sign_iterations: 0`` are left out."""
-        qsgd = is_qsgd_quantised(update) + is_qsgd_quantised(update, self.qsgd_levels)
-        return self._configs(sign=is_sign_compressed(update), sparse=is_sparsified(update), qsgd=qsgd)
+        applies = {"qsgd_any": is_qsgd_quantised(update), "qsgd": is_qsgd_quantised(update, self.qsgd_levels),
+                   "sparse": is_sparsified(update), "signsgd": is_sign_compressed(update)}
+        return self._configs(frozenset(k for k, on in applies.items() if on))
 
-    def _configs(self, sign: bool, sparse: bool, qsgd: int) -> list[EngineConfig]:
-        """``qsgd``: 0 not QSGD, 1 QSGD with more than ``qsgd_levels`` levels, 2 with at most that many."""
+    def _configs(self, applied: frozenset[str]) -> list[EngineConfig]:
+        """Each stage's engine options with the :data:`OVERRIDES` named in ``applied`` laid over its own."""
         shared = {k: getattr(self, k) for k in SHARED}
+        sign = "signsgd" in applied
         out = []
         for i, st in enumerate(self.stages):
             if sign and st.sign_iterations == 0:
                 continue
-            d = st.model_dump(exclude={"sign_iterations", "sparse", "signsgd", "qsgd_any", "qsgd", *SHARED})
-            if qsgd:
-                d.update(st.qsgd_any)
-            if qsgd == 2:
-                d.update(st.qsgd)
-            if sparse:
-                d.update(st.sparse)
-            if sign:
-                d.update(st.signsgd)
-                if st.sign_iterations:
-                    d["iterations"] = st.sign_iterations
+            d = st.model_dump(exclude={"sign_iterations", *OVERRIDES, *SHARED})
+            for name in OVERRIDES:
+                if name in applied:
+                    d.update(getattr(st, name))
+            if sign and st.sign_iterations:
+                d["iterations"] = st.sign_iterations
             try:
                 out.append(EngineConfig(**d, **shared))
             except ConfigError as e:
