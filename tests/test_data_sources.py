@@ -316,3 +316,24 @@ def test_import_dataset_end_to_end_cli(user_module, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "label_accuracy" in m["raw"] and m["update"]["labels_shared"] is True
+
+
+def test_tuning_set_writes_a_16_image_folder_of_distinct_public_crops(tmp_path):
+    """``benchmarks/tuning_set.py`` (the batch-16 tuning folder): 16 images with the builtin photos' labels, two
+    crops of each photo that differ, loadable as a ``data.source`` in one batch of 16."""
+    import importlib.util
+    from pathlib import Path
+
+    from fedleak.client.data import BUILTIN_PHOTOS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tuning_set.py"
+    spec = importlib.util.spec_from_file_location("tuning_set", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.write(tmp_path / "tune16")
+    assert len(rows) == 16 and [lab for _, lab in rows] == [lab for _, lab in BUILTIN_PHOTOS] * 2
+    data = load_data(DataConfig(source=str(tmp_path / "tune16"), size=32, batch_size=16))
+    assert data.images.shape == (16, 3, 32, 32)
+    assert data.labels.tolist() == [lab for _, lab in rows]
+    diff = (data.images[:8] - data.images[8:]).abs().flatten(1).mean(1)
+    assert bool((diff > 0.02).all()), diff  # the quarter crop is another image, not a copy of the centre

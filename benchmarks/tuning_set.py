@@ -1,0 +1,59 @@
+"""Write a 16-image tuning folder from scikit-image's bundled photos, for tuning and timing at batch 16.
+
+The builtin set has 8 photos, one batch of 8; a batch of 16 needs twice that. This writes the 8 builtin photos
+(:data:`fedleak.client.data.BUILTIN_PHOTOS`) as centre squares and, as 8 more images, the top-left quarter of
+each (a different crop of the same photo: other content and scale, same label), with a ``labels.csv``, so the
+folder is a ``data.source`` like any other. Offline (the photos ship with scikit-image) and deterministic:
+
+    python benchmarks/tuning_set.py /tmp/tune16
+    python benchmarks/stages.py --data /tmp/tune16 --size 128 --batch 16 --limit 16 --rows none qsgd4
+
+These are public photos, never the evaluation photos in ``../shared``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def square(img):
+    """The largest centred square of ``img`` (H, W, C)."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    return img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def quarter(img):
+    """The top-left quarter (half height, half width) of ``img``, as a centred square."""
+    h, w = img.shape[:2]
+    return square(img[:h // 2, :w // 2])
+
+
+def write(out: Path) -> list[tuple[str, int]]:
+    import numpy as np
+    from PIL import Image
+
+    from fedleak.client.data import BUILTIN_PHOTOS, builtin_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for crop, tag in ((square, "centre"), (quarter, "quarter")):
+        for name, label in BUILTIN_PHOTOS:
+            img = np.asarray(Image.open(builtin_dir() / name).convert("RGB"))
+            fname = f"{Path(name).stem}_{tag}.png"
+            Image.fromarray(np.ascontiguousarray(crop(img))).save(out / fname)
+            rows.append((fname, label))
+    (out / "labels.csv").write_text("file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows))
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="folder to write (created; existing files of the same names are replaced)")
+    args = p.parse_args(argv)
+    rows = write(args.out)
+    print(f"wrote {len(rows)} images and labels.csv to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
