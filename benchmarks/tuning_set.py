@@ -2,8 +2,12 @@
 
 The builtin set has 8 photos, one batch of 8; a batch of 16 needs twice that. This writes the 8 builtin photos
 (:data:`fedleak.client.data.BUILTIN_PHOTOS`) as centre squares and, as 8 more images, the top-left quarter of
-each (a different crop of the same photo: other content and scale, same label), with a ``labels.csv``, so the
-folder is a ``data.source`` like any other. Offline (the photos ship with scikit-image) and deterministic:
+each (a different crop of the same photo: other content and scale), with a ``labels.csv``, so the folder is a
+``data.source`` like any other. A quarter crop's label is its photo's plus 500 (mod 1000): all 16 labels differ,
+as in the shared evaluation sample. Two images of one label in a batch are a much harder case for label-aware
+gradient matching (their last-layer rows mix), which would make this folder tune for the wrong thing; the
+builtin labels are arbitrary for an untrained victim anyway. Offline (the photos ship with scikit-image) and
+deterministic:
 
     python benchmarks/tuning_set.py /tmp/tune16
     python benchmarks/stages.py --data /tmp/tune16 --size 128 --batch 16 --limit 16 --rows none qsgd4
@@ -14,6 +18,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+#: added to a photo's label for its quarter crop (mod 1000), so no two images of the folder share a label
+QUARTER_LABEL_SHIFT = 500
 
 
 def square(img):
@@ -37,8 +45,9 @@ def write(out: Path) -> list[tuple[str, int]]:
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for crop, tag in ((square, "centre"), (quarter, "quarter")):
+    for crop, tag, shift in ((square, "centre", 0), (quarter, "quarter", QUARTER_LABEL_SHIFT)):
         for name, label in BUILTIN_PHOTOS:
+            label = (label + shift) % 1000
             img = np.asarray(Image.open(builtin_dir() / name).convert("RGB"))
             fname = f"{Path(name).stem}_{tag}.png"
             Image.fromarray(np.ascontiguousarray(crop(img))).save(out / fname)
