@@ -175,6 +175,18 @@ def test_tv_batch_cap_lightens_small_batches_and_leaves_large_ones_alone():
     assert weight(4) == weight(16) == 4.0  # uncapped, batch 16 would get x 2
 
 
+def test_tv_batch_floor_weighs_large_batches_and_leaves_small_ones_alone():
+    cfg = EngineConfig(tv=0.1, tv_batch=8, tv_batch_floor=True)
+    weight = lambda b: resolve_parts(cfg).prior_terms(cfg, 128, b)[0][0]
+    assert weight(1) == weight(4) == weight(8) == pytest.approx(0.1)  # unfloored, batch 1 would get x 0.35
+    assert weight(16) == pytest.approx(0.1 * 2 ** 0.5) and weight(32) == pytest.approx(0.2)
+
+
+def test_tv_batch_cap_and_floor_together_are_refused():
+    with pytest.raises(ConfigError, match="tv_batch_cap and tv_batch_floor"):
+        EngineConfig(tv=0.1, tv_batch=8, tv_batch_cap=True, tv_batch_floor=True)
+
+
 def test_tv_batch_equal_to_the_batch_leaves_the_run_unchanged(small):
     view, update = small  # batch 1
     a = attack("rog", view, update, iterations=3, tv=0.5)

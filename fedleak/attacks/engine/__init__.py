@@ -11,7 +11,7 @@ Parts:
   ``tv_size``: the mean pixel difference of a natural image shrinks with resolution, so one weight then suits
   32x32 and 128x128) and any registered prior by ``priors: {name: weight}``; with ``tv_batch`` every prior weight
   is x sqrt(batch size / tv_batch) (fewer bits per image in a larger batch: more weight on the prior), at most
-  x 1 with ``tv_batch_cap``; outputs
+  x 1 with ``tv_batch_cap``, at least x 1 with ``tv_batch_floor``; outputs
   are clamped to [0, 1];
 * optimisers: ``adam`` (optionally ``signed`` steps, as Inverting Gradients), ``lbfgs`` (DLG);
   schedules (:data:`~fedleak.attacks.schedules.SCHEDULES`) ``cosine`` (to ``final_lr_factor`` x lr),

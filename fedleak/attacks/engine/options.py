@@ -75,6 +75,7 @@ class EngineConfig(Options):
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
     tv_batch: Optional[int] = Field(None, ge=1)  # if set, prior weights are x sqrt(batch size / tv_batch)
     tv_batch_cap: bool = False  # if true, that factor is at most 1: only batches below tv_batch get lighter priors
+    tv_batch_floor: bool = False  # if true, that factor is at least 1: only batches above tv_batch get heavier priors
     priors: Optional[dict[str, float]] = None  # further PRIORS by name -> weight
     restarts: int = Field(1, ge=1)
     #: which iterate a restart returns: the lowest matching loss (best-loss), the lowest matching loss plus
@@ -143,6 +144,9 @@ class EngineConfig(Options):
     def _one_tv(self):
         if self.tv and self.priors and "tv" in self.priors:
             raise ValueError("tv given twice: as tv and as priors.tv (give the tv weight once)")
+        if self.tv_batch_cap and self.tv_batch_floor:
+            raise ValueError("tv_batch_cap and tv_batch_floor together fix the batch factor at 1: set one of them, "
+                             "or leave tv_batch unset")
         return self
 
     def prior_weights(self) -> dict[str, float]:

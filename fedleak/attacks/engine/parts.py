@@ -26,9 +26,11 @@ class Parts:
 
     def prior_terms(self, cfg, side: int, batch: int) -> list[tuple[float, Prior]]:
         """(effective weight, prior): side-scaled priors are weighted x side / tv_size when tv_size is set, and
-        every prior x sqrt(batch / tv_batch) when tv_batch is set (at most x 1 with tv_batch_cap)."""
+        every prior x sqrt(batch / tv_batch) when tv_batch is set (at most x 1 with tv_batch_cap, at least x 1 with
+        tv_batch_floor)."""
         per_batch = math.sqrt(batch / cfg.tv_batch) if cfg.tv_batch else 1.0
         per_batch = min(per_batch, 1.0) if cfg.tv_batch_cap else per_batch
+        per_batch = max(per_batch, 1.0) if cfg.tv_batch_floor else per_batch
         return [(w * per_batch * (side / cfg.tv_size if cfg.tv_size and p.side_scaled else 1.0), p)
                 for _, w, p in self.priors]
 
