@@ -20,7 +20,7 @@ import yaml
 import fedleak
 from fedleak import cli
 from fedleak.attacks import ATTACKS, attack
-from fedleak.attacks.engine import resolve_parts, run_stages
+from fedleak.attacks.engine import run_stages
 from fedleak.attacks.presets import PRESETS, STAGED_PRESETS
 from fedleak.errors import ConfigError
 from fedleak.experiment.case import Case
@@ -360,21 +360,6 @@ def test_qsgd_any_applies_to_every_qsgd_update_and_qsgd_on_top_of_it_to_coarse_o
         [("l2", 0.0, 0.05), ("l2", 0.0, 0.05), ("l2-relative", 0.08, 0.05)]
     with pytest.raises(ConfigError, match=r"qsgd_any\.bogus: not a stage option"):
         fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.qsgd_any.bogus=1"])
-
-
-def test_rog_refine_weighs_tv_by_batch_above_8_for_fine_qsgd_only():
-    """The pixel stage's TV for QSGD-16 is 0.1 up to batch 8 and x sqrt(batch / 8) above it; QSGD-4 (matched by
-    the likelihood) keeps 0.1 at every batch size; other updates are not batch-scaled."""
-    opts = ATTACKS.options("rog-refine", {})
-
-    def weight(obf, batch):
-        cfg = opts.stage_configs(types.SimpleNamespace(obfuscation=obf))[2]
-        return resolve_parts(cfg).prior_terms(cfg, 128, batch)[0][0]
-    fine, coarse = [{"name": "qsgd", "levels": 16}], [{"name": "qsgd", "levels": 4}]
-    assert [weight(fine, b) for b in (1, 4, 8)] == pytest.approx([0.1] * 3)
-    assert weight(fine, 16) == pytest.approx(0.1 * 2 ** 0.5)
-    assert [weight(coarse, b) for b in (1, 8, 16)] == pytest.approx([0.1] * 3)
-    assert [weight([], b) for b in (1, 16)] == pytest.approx([0.08] * 2)
 
 
 def test_qsgd_options_apply_only_when_the_last_obfuscation_is_qsgd():

@@ -22,13 +22,12 @@
                        linear layers weighted x 4 (``big_weight``, in the 4x stage as well), with TV 5
                        (x sqrt(batch / 4) below batch 4: 2.5 for one image), after 100 iterations of the 4x
                        stage and none of the 2x stage (440 pixel iterations), returning the final iterate
-                       (``result: last``); for a QSGD-quantised one with TV 0.1 (x sqrt(batch / 8) above batch 8:
-                       0.14 at batch 16), and with at most 4 levels by ``qsgd-likelihood`` (the exact
-                       likelihood of the received levels) with TV 0.1 at every batch size. Not a
+                       (``result: last``); for a QSGD-quantised one with TV 0.1, and with at most 4 levels by
+                       ``qsgd-likelihood`` (the exact likelihood of the received levels). Not a
                        paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128 (docs/results.md,
                        "rog-refine, coarse to fine", "budget split", "relative L2", "sparse pixel stage", "QSGD
                        likelihood in the pixel stage", "rog-refine under signSGD", "signSGD: big_weight 4, TV
-                       2.5 for one image", "big_weight 4 in the x4 stage too", "TV 0.08 in the pixel stage" and "QSGD-16 at batch 16").
+                       2.5 for one image", "big_weight 4 in the x4 stage too" and "TV 0.08 in the pixel stage").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
@@ -153,8 +152,7 @@ STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
          _REFINE | dict(param="pixels", iterations=90, sign_iterations=440, loss="l2-relative", tv=0.08, tv_size=128,
                         sparse=dict(loss="cosine", tv=0.05, final_lr_factor=0.3),
                         signsgd=dict(loss="l2", big_weight=4.0, tv=5.0, tv_batch=4, tv_batch_cap=True, result="last"),
-                        qsgd_any=dict(tv=0.1, tv_batch=8, tv_batch_floor=True),
-                        qsgd=dict(loss="qsgd-likelihood", tv_batch=None, tv_batch_floor=False))],
+                        qsgd_any=dict(tv=0.1), qsgd=dict(loss="qsgd-likelihood"))],
         dict(labels="auto", precision="auto")),
 }
 
