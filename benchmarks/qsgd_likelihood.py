@@ -6,7 +6,7 @@ matching loss plus its backward pass (the loss's gradients reaching ``D`` and ``
 layer:
 
 * ``l2 factored``: squared L2 from N x N Gram matrices and one product with the target (the preset's path for L2);
-* ``likelihood blockwise``: the exact likelihood on ``D^T H`` formed a block of rows at a time (the matcher's path);
+* ``likelihood blockwise``: the exact likelihood on ``D^T H`` formed a block of columns at a time (the matcher's path);
 * ``likelihood whole``: the same loss on the whole gradient ``D^T H``, formed by autograd (the path before).
 
 Factors are random (ReLU-sparse inputs, half the output gradients zero), 1 thread; the figure is the median of

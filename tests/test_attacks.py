@@ -316,7 +316,7 @@ def test_qsgd_likelihood_gradient_is_the_derivative_of_the_kernel():
 
 def test_qsgd_likelihood_on_a_factorised_layer_matches_the_whole_gradient(monkeypatch):
     """A large linear layer is scored block by block on ``D^T H``, never formed: the loss and its gradients with
-    respect to both factors equal those of the whole gradient, for blocks that do and do not divide the rows."""
+    respect to both factors equal those of the whole gradient, for blocks that do and do not divide the columns."""
     import fedleak.attacks.matching as matching
     from fedleak.attacks.matching import GradRep
     from fedleak.client.obfuscations import build_pipeline
@@ -331,7 +331,7 @@ def test_qsgd_likelihood_on_a_factorised_layer_matches_the_whole_gradient(monkey
     Hx = (H * 1.2).requires_grad_(True)
     whole = Matcher({"w": t}, "qsgd-likelihood", quantiser=quantiser)(GradRep(dense={"w": Dx.t() @ Hx}))
     want = torch.autograd.grad(whole, (Dx, Hx))
-    for entries in (400 * 7, 400 * 300, 1 << 18):  # 7 rows a block (300 = 42 x 7 + 6), one block, the default
+    for entries in (300 * 7, 300 * 400, 1 << 18):  # 7 columns a block (400 = 57 x 7 + 1), one block, the default
         monkeypatch.setattr(matching, "FACTOR_BLOCK_ENTRIES", entries)
         m = Matcher({"w": t}, "qsgd-likelihood", factor_names=("w",), quantiser=quantiser)
         got = m(GradRep(factors={"w": (Dx, Hx)}))

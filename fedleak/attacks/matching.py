@@ -216,30 +216,33 @@ class Matcher:
         return dot, gg, self.tnorm2[k], gg - 2 * dot + self.tnorm2[k]
 
 
-#: entries of ``D^T H`` formed at a time by :class:`_FactoredCoordinateLoss` (a block of whole rows, about 1 MB of
-#: float32: it stays in cache through the loss's passes)
+#: entries of ``D^T H`` formed at a time by :class:`_FactoredCoordinateLoss` (a block of whole columns, about 1 MB
+#: of float32: it stays in cache through the loss's passes)
 FACTOR_BLOCK_ENTRIES = 1 << 18
 
 
 class _FactoredCoordinateLoss(torch.autograd.Function):
     """A per-entry loss (:attr:`MatchLoss.coordinate`) of the factorised matrix ``D^T H`` against received ``levels``
-    (out x in), exact, with its gradients: ``D^T H`` is formed a block of rows at a time, and each block's loss
-    gradient ``E`` is folded back at once (``dD = H E^T``, ``dH = D E``), so no full-size tensor is kept."""
+    (out x in), exact, with its gradients: ``D^T H`` is formed a block of columns at a time, and each block's loss
+    gradient ``E`` is folded back at once (``dH = D E``, written once per block; ``dD^T += E H^T``, a small
+    out x batch accumulator), so no full-size tensor is kept. Columns rather than rows: a block of rows would add
+    into the whole batch x in ``dH`` once per block, which costs a third more at batch 16 (benchmarks/qsgd_likelihood.py)."""
 
     @staticmethod
     def forward(ctx, D, H, levels, step, kernel):
         Ds, Hf = D.float() / step, H.float()  # in steps: D^T H / step
-        rows = max(1, FACTOR_BLOCK_ENTRIES // Hf.shape[1])
+        DsT = Ds.t().contiguous()
+        cols = max(1, FACTOR_BLOCK_ENTRIES // DsT.shape[0])
         loss = torch.zeros((), dtype=torch.float64, device=Ds.device)
-        dD, dH = torch.empty_like(Ds), torch.zeros_like(Hf)
+        dDT, dH = torch.zeros_like(DsT), torch.empty_like(Hf)
         with torch.autocast(Ds.device.type, enabled=False):  # the loss is exact: float32 whatever the precision
-            for s in range(0, Ds.shape[1], rows):
-                block = Ds[:, s:s + rows]
-                part, grad = kernel(block.t() @ Hf, levels[s:s + rows])
+            for s in range(0, Hf.shape[1], cols):
+                h = Hf[:, s:s + cols]
+                part, grad = kernel(DsT @ h, levels[:, s:s + cols])
                 loss += part
-                dD[:, s:s + rows] = (grad @ Hf.t()).t()
-                dH.addmm_(block, grad)
-        ctx.save_for_backward(dD / step, dH)
+                dH[:, s:s + cols] = Ds @ grad
+                dDT.addmm_(grad, h.t())
+        ctx.save_for_backward(dDT.t() / step, dH)
         ctx.dtypes = D.dtype, H.dtype
         return loss.to(torch.float32)
 
