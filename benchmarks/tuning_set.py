@@ -38,20 +38,23 @@ def quarter(img):
 
 
 def write(out: Path) -> list[tuple[str, int]]:
+    """Write the folder (each photo decoded once); the rows of its ``labels.csv``: the 8 centre squares, then the
+    8 quarters. Squares on disk, so ``resize: crop`` and ``resize: stretch`` load the same images."""
     import numpy as np
     from PIL import Image
 
     from fedleak.client.data import BUILTIN_PHOTOS, builtin_dir
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for crop, tag, shift in ((square, "centre", 0), (quarter, "quarter", QUARTER_LABEL_SHIFT)):
-        for name, label in BUILTIN_PHOTOS:
-            label = (label + shift) % 1000
-            img = np.asarray(Image.open(builtin_dir() / name).convert("RGB"))
+    centres, quarters = [], []
+    for name, label in BUILTIN_PHOTOS:
+        img = np.asarray(Image.open(builtin_dir() / name).convert("RGB"))
+        for crop, tag, shift, rows in ((square, "centre", 0, centres),
+                                       (quarter, "quarter", QUARTER_LABEL_SHIFT, quarters)):
             fname = f"{Path(name).stem}_{tag}.png"
             Image.fromarray(np.ascontiguousarray(crop(img))).save(out / fname)
-            rows.append((fname, label))
+            rows.append((fname, (label + shift) % 1000))
+    rows = centres + quarters
     (out / "labels.csv").write_text("file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows))
     return rows
 
