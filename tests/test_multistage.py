@@ -304,7 +304,14 @@ def test_total_iterations_are_split_over_the_stages_in_their_proportions():
 
 
 # ------------------------------------------------------------------------------ options for sparsified updates
-TOPK = types.SimpleNamespace(obfuscation=[{"name": "topk", "sparsity": 0.99}])
+def sparsified(name: str, kept: float, **settings) -> types.SimpleNamespace:
+    """An update declaring the sparsifier ``name`` whose received tensor has ``kept`` of its 1000 entries non-zero."""
+    w = torch.zeros(1000)
+    w[:round(kept * 1000)] = 1.0
+    return types.SimpleNamespace(obfuscation=[{"name": name, **settings}], tensors={"w": w})
+
+
+TOPK = sparsified("topk", 0.01, sparsity=0.99)
 
 
 def test_sparse_options_apply_only_to_sparsified_updates():
@@ -316,7 +323,7 @@ def test_sparse_options_apply_only_to_sparsified_updates():
     assert [c.final_lr_factor for c in opts.stage_configs(TOPK)] == [0.1, 0.1, 0.3]
     assert opts.stage_configs(None)[2].final_lr_factor == 0.1
     for name in ("randk", "prune"):
-        assert opts.stage_configs(types.SimpleNamespace(obfuscation=[{"name": name}]))[2].loss == "cosine"
+        assert opts.stage_configs(sparsified(name, 0.01))[2].loss == "cosine"
     # sign-compressed: the 2x stage is skipped (sign_iterations 0), the pixel stage returns its final iterate
     assert [(c.loss, c.tv, c.result) for c in opts.stage_configs(SIGN)] == [("l2", 0.0, "best-loss"),
                                                                            ("l2", 5.0, "last")]
@@ -325,6 +332,27 @@ def test_sparse_options_apply_only_to_sparsified_updates():
                                          "attack.stages.1.sparse.tv=0.3"])
     opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
     assert [(c.loss, c.tv) for c in opts.stage_configs(TOPK)] == [("l2", 0.0), ("l2", 0.3), ("l2", 0.05)]
+
+
+def test_sparse_mild_options_apply_to_updates_that_kept_at_least_sparse_kept():
+    """``sparse_mild`` lays its options over ``sparse`` for a sparsified update that kept at least ``sparse_kept``
+    (default 0.05) of its entries, counted on the received tensors: the preset's TV 0.035 for top-k 90 %, 0.05
+    for top-k 99 %; an unsparsified update with every entry non-zero keeps the stage's own options."""
+    opts = ATTACKS.options("rog-refine", {})
+    tv = [opts.stage_configs(sparsified("topk", kept))[2].tv for kept in (0.01, 0.049, 0.05, 0.1, 1.0)]
+    assert tv == [0.05, 0.05, 0.035, 0.035, 0.035]
+    assert opts.stage_configs(sparsified("randk", 0.1))[2].loss == "cosine"  # sparse's loss still holds
+    dense = types.SimpleNamespace(obfuscation=[], tensors={"w": torch.ones(10)})
+    assert (opts.stage_configs(dense)[2].loss, opts.stage_configs(dense)[2].tv) == ("l2-relative", 0.08)
+    cfg = fedleak.load_config(overrides=["attack.name=rog-refine", "attack.sparse_kept=0.2",
+                                         "attack.stages.2.sparse_mild.lr=0.02"])
+    opts = ATTACKS.options("rog-refine", {k: v for k, v in cfg.attack.items() if k != "name"})
+    assert [(c.tv, c.lr) for c in opts.stage_configs(sparsified("topk", 0.1))][2] == (0.05, 0.05)
+    assert [(c.tv, c.lr) for c in opts.stage_configs(sparsified("topk", 0.2))][2] == (0.035, 0.02)
+    with pytest.raises(ConfigError, match=r"sparse_mild\.iterations: a stage's budget is its iterations"):
+        fedleak.load_config(overrides=["attack.name=rog-refine", "attack.stages.2.sparse_mild.iterations=5"])
+    with pytest.raises(ConfigError, match="sparse_kept"):
+        fedleak.load_config(overrides=["attack.name=rog-refine", "attack.sparse_kept=0"])
 
 
 def test_signsgd_options_apply_only_to_sign_compressed_updates():

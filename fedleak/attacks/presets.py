@@ -18,7 +18,8 @@
                        received update's energy, so the TV weight 0.08 means the same for any update scale:
                        FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
                        update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.05,
-                       lr decaying to 0.3 x) instead; for a sign-compressed one by l1 sign agreement, the large
+                       lr decaying to 0.3 x) instead, with TV 0.035 when it kept at least 5 % of its entries
+                       (``sparse_mild``, ``sparse_kept``: top-k 90 %); for a sign-compressed one by l1 sign agreement, the large
                        linear layers weighted x 4 (``big_weight``, in the 4x stage as well), with TV 5
                        (x sqrt(batch / 4) below batch 4: 2.5 for one image), after 100 iterations of the 4x
                        stage and none of the 2x stage (440 pixel iterations), returning the final iterate
@@ -26,7 +27,7 @@
                        ``qsgd-likelihood`` (the exact likelihood of the received levels). Not a
                        paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128 (docs/results.md,
                        "rog-refine, coarse to fine", "budget split", "relative L2", "sparse pixel stage", "QSGD
-                       likelihood in the pixel stage", "rog-refine under signSGD", "signSGD: big_weight 4, TV
+                       likelihood in the pixel stage", "rog-refine under signSGD", "top-k 90 %: TV 0.035", "signSGD: big_weight 4, TV
                        2.5 for one image", "big_weight 4 in the x4 stage too" and "TV 0.08 in the pixel stage").
 =====================  ==============================================================================
 
@@ -150,7 +151,7 @@ STAGED_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
          | {"iterations": 60, "sign_iterations": 100, "signsgd": dict(big_weight=4.0)},
          _REFINE | dict(param="lowres", scale=2, sign_iterations=0),
          _REFINE | dict(param="pixels", iterations=90, sign_iterations=440, loss="l2-relative", tv=0.08, tv_size=128,
-                        sparse=dict(loss="cosine", tv=0.05, final_lr_factor=0.3),
+                        sparse=dict(loss="cosine", tv=0.05, final_lr_factor=0.3), sparse_mild=dict(tv=0.035),
                         signsgd=dict(loss="l2", big_weight=4.0, tv=5.0, tv_batch=4, tv_batch_cap=True, result="last"),
                         qsgd_any=dict(tv=0.1), qsgd=dict(loss="qsgd-likelihood"))],
         dict(labels="auto", precision="auto")),

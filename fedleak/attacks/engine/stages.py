@@ -6,7 +6,9 @@ update-dependent settings). ``sign_iterations`` is the stage's budget for sign-c
 ``iterations``; ``sign_iterations: 0`` skips the stage for a sign-compressed update, so the next stage starts from
 the images of the one before it). ``sparse`` holds engine options (any but the budget) that replace the stage's own when the
 update is sparsified (top-k, random-k, pruning: :data:`~fedleak.attacks.matching.SPARSIFIERS`), for example
-``{loss: cosine}``; ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), ``qsgd_any``
+``{loss: cosine}``, and ``sparse_mild`` (applied after ``sparse``) for one that kept at least ``sparse_kept`` of its
+entries (an option of the attack, default 0.05: top-k 90 % keeps 0.1, top-k 99 % 0.01; the fraction of non-zero
+received entries); ``signsgd`` likewise for a sign-compressed update (for example its own ``tv``), ``qsgd_any``
 for an update whose last obfuscation is QSGD with any number of levels, and ``qsgd`` (applied after ``qsgd_any``)
 for one with at most ``qsgd_levels`` levels (an option of the attack, default 4; for example
 ``{loss: qsgd-likelihood}``): the attacker
@@ -69,6 +71,18 @@ def is_sparsified(update) -> bool:
     return bool(_declared(update) & SPARSIFIERS)
 
 
+def kept_fraction(update) -> float:
+    """The fraction of the received entries that are non-zero (what a sparsified update kept), over all tensors."""
+    tensors = list(update.tensors.values())
+    total = sum(t.numel() for t in tensors)
+    return sum(int(torch.count_nonzero(t)) for t in tensors) / total if total else 0.0
+
+
+def is_mildly_sparsified(update, min_kept: float) -> bool:
+    """A sparsified update that kept at least ``min_kept`` of its entries (top-k 90 % keeps 0.1)."""
+    return update is not None and is_sparsified(update) and kept_fraction(update) >= min_kept
+
+
 def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
     """The update's last obfuscation is QSGD (what ``qsgd-likelihood`` models), with at most ``max_levels`` levels
     if given."""
@@ -79,7 +93,7 @@ def is_qsgd_quantised(update, max_levels: Optional[int] = None) -> bool:
 
 
 #: a stage's update-dependent option sets, in the order they are applied over its own options
-OVERRIDES = ("qsgd_any", "qsgd", "sparse", "signsgd")
+OVERRIDES = ("qsgd_any", "qsgd", "sparse", "sparse_mild", "signsgd")
 
 
 class StageOptions(EngineConfig):
@@ -89,6 +103,7 @@ class StageOptions(EngineConfig):
 
     sign_iterations: Optional[int] = Field(None, ge=0, le=10_000_000)  # 0: skipped for sign-compressed updates
     sparse: dict[str, Any] = Field(default_factory=dict)
+    sparse_mild: dict[str, Any] = Field(default_factory=dict)  # over sparse, when at least sparse_kept was kept
     signsgd: dict[str, Any] = Field(default_factory=dict)
     qsgd_any: dict[str, Any] = Field(default_factory=dict)
     qsgd: dict[str, Any] = Field(default_factory=dict)
@@ -190,6 +205,9 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
     #: the stages' ``qsgd`` options apply to QSGD updates with at most this many levels: coarse quantisation,
     #: where the exact likelihood pays; finer QSGD is close to its input and is matched as the stage says
     qsgd_levels: int = Field(4, ge=2, le=1 << 16)
+    #: the stages' ``sparse_mild`` options apply (over ``sparse``) to sparsified updates that kept at least this
+    #: fraction of their entries: mild sparsification (top-k 90 %), which needs a lighter prior than top-k 99 %
+    sparse_kept: float = Field(0.05, gt=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -217,7 +235,7 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     @model_validator(mode="after")
     def _valid_stages(self):
-        variants = ((), ("sparse",), ("signsgd",), ("qsgd_any",), ("qsgd_any", "qsgd"))
+        variants = ((), ("sparse",), ("sparse", "sparse_mild"), ("signsgd",), ("qsgd_any",), ("qsgd_any", "qsgd"))
         for applied in variants:  # every variant's engine options check
             configs = self._configs(frozenset(applied))
             if not configs:
@@ -233,7 +251,8 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
         options, its QSGD options: ``qsgd_any``, then ``qsgd`` if it has at most ``qsgd_levels`` levels); for a
         sign-compressed update the stages with ``sign_iterations: 0`` are left out."""
         applies = {"qsgd_any": is_qsgd_quantised(update), "qsgd": is_qsgd_quantised(update, self.qsgd_levels),
-                   "sparse": is_sparsified(update), "signsgd": is_sign_compressed(update)}
+                   "sparse": is_sparsified(update), "sparse_mild": is_mildly_sparsified(update, self.sparse_kept),
+                   "signsgd": is_sign_compressed(update)}
         return self._configs(frozenset(k for k, on in applies.items() if on))
 
     def _configs(self, applied: frozenset[str]) -> list[EngineConfig]:
