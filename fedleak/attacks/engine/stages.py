@@ -248,7 +248,8 @@ class StagedConfig(create_model("_SharedEngineOptions", __base__=_Shared, **_sha
 
     def stage_configs(self, update=None) -> list[EngineConfig]:
         """The engine options of each stage run for ``update`` if given (its sign budget and options, its sparse
-        options, its QSGD options: ``qsgd_any``, then ``qsgd`` if it has at most ``qsgd_levels`` levels); for a
+        options and, when it kept at least ``sparse_kept`` of its entries, its ``sparse_mild`` options, its QSGD
+        options: ``qsgd_any``, then ``qsgd`` if it has at most ``qsgd_levels`` levels); for a
         sign-compressed update the stages with ``sign_iterations: 0`` are left out."""
         applies = {"qsgd_any": is_qsgd_quantised(update), "qsgd": is_qsgd_quantised(update, self.qsgd_levels),
                    "sparse": is_sparsified(update), "sparse_mild": is_mildly_sparsified(update, self.sparse_kept),
