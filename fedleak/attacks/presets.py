@@ -19,16 +19,17 @@
                        FedSGD, a FedAvg pseudo-gradient, a noisy update); obfuscation-aware. For a sparsified
                        update (top-k, random-k, pruning) the pixel stage matches by cosine similarity (TV 0.05,
                        lr decaying to 0.3 x) instead, with TV 0.035 when it kept at least 5 % of its entries
-                       (``sparse_mild``, ``sparse_kept``: top-k 90 %); for a sign-compressed one by l1 sign agreement, the large
-                       linear layers weighted x 4 (``big_weight``, in the 4x stage as well), with TV 5
-                       (x sqrt(batch / 4) below batch 4: 2.5 for one image), after 100 iterations of the 4x
-                       stage and none of the 2x stage (440 pixel iterations), returning the final iterate
-                       (``result: last``); for a QSGD-quantised one with TV 0.1, and with at most 4 levels by
-                       ``qsgd-likelihood`` (the exact likelihood of the received levels). Not a
-                       paper's preset; tuned on the 8 builtin photos at 64x64 and 128x128 (docs/results.md,
-                       "rog-refine, coarse to fine", "budget split", "relative L2", "sparse pixel stage", "QSGD
-                       likelihood in the pixel stage", "rog-refine under signSGD", "top-k 90 %: TV 0.035", "signSGD: big_weight 4, TV
-                       2.5 for one image", "big_weight 4 in the x4 stage too" and "TV 0.08 in the pixel stage").
+                       (``sparse_mild``, ``sparse_kept``: top-k 90 %); for a sign-compressed one by l1 sign
+                       agreement, the large linear layers weighted x 4 (``big_weight``, in the 4x stage as
+                       well), with TV 5 (x sqrt(batch / 4) below batch 4: 2.5 for one image), after 100
+                       iterations of the 4x stage and none of the 2x stage (440 pixel iterations), returning the
+                       final iterate (``result: last``); for a QSGD-quantised one with TV 0.1, and with at most 4
+                       levels by ``qsgd-likelihood`` (the exact likelihood of the received levels). Not a
+                       paper's preset; tuned on the 8 builtin photos (and crops of them) at 64x64 and 128x128
+                       (docs/results.md, "rog-refine, coarse to fine", "budget split", "relative L2", "sparse
+                       pixel stage", "QSGD likelihood in the pixel stage", "rog-refine under signSGD",
+                       "top-k 90 %: TV 0.035", "signSGD: big_weight 4, TV 2.5 for one image", "big_weight 4 in
+                       the x4 stage too" and "TV 0.08 in the pixel stage").
 =====================  ==============================================================================
 
 A stage option of ``rog-refine`` is set as ``attack.stages.2.iterations=300`` (stages numbered from 0; see
