@@ -62,6 +62,32 @@ def test_fast_matching_equals_dense(protocol, loss):
     assert torch.allclose(res[0][1], res[1][1], rtol=1e-3, atol=1e-6 * float(res[1][1].abs().max()))
 
 
+@pytest.mark.parametrize("loss", ["l2", "cosine"])
+def test_parameters_of_weight_zero_are_not_differentiated_and_nothing_else_changes(loss):
+    """A matcher's weight-0 parameters (``Matcher.ignored``) are left out of the simulated gradient (their double
+    backward is most of an iteration's cost); the loss and its image gradient are those of the full gradient."""
+    case = tiny_case(n=2)
+    u = case.client_update()
+    _, f = _fwd(case)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    convs = {k: 0.0 for k in u.tensors if k.startswith("features.")}
+    m = Matcher(u.tensors, loss, "plain", convs, tuple(f.big))
+    assert m.ignored == set(convs) and convs
+    out = []
+    for skip in (frozenset(), m.ignored):
+        rep = f.fedsgd(x, case.labels, skip=skip)
+        val = m(rep)
+        (g,) = torch.autograd.grad(val, x)
+        out.append((rep, float(val.detach()), g))
+    assert set(out[0][0].dense) - set(out[1][0].dense) == set(convs)
+    assert out[1][1] == pytest.approx(out[0][1], rel=1e-6)
+    assert torch.allclose(out[1][2], out[0][2], rtol=1e-5, atol=1e-7 * float(out[0][2].abs().max()))
+    # skipping every small parameter of a model without a factorised layer keeps them (no gradient otherwise)
+    m2, plain = _fwd(case)
+    plain = ForwardModel(m2, dict(m2.named_parameters()), {}, big_threshold=1 << 30)
+    assert set(plain.fedsgd(x, case.labels, skip=frozenset(plain.small_names)).dense) == set(plain.small_names)
+
+
 @pytest.mark.parametrize("loss,mode,obf", [("l2", "plain", []), ("cosine", "plain", []),
                                            ("l2", "mask", [{"name": "topk", "sparsity": 0.9}]),
                                            ("l2", "sign", [{"name": "sign"}])])

@@ -205,8 +205,9 @@ def test_big_weight_multiplies_the_large_linear_weights_only():
     params = dict(model.named_parameters())
     for fast in (True, False):  # the large layers are the same whether or not they are evaluated factorised
         fwd = ForwardModel(model, params, {}, big_threshold=1000, fast=fast)
-        assert _layer_weights(EngineConfig(big_threshold=1000), fwd) is None  # all weights 1
-        w = _layer_weights(EngineConfig(big_weight=4.0, big_threshold=1000, layer_weights={"2.": 0.5, "3.": 0.5}), fwd)
+        assert _layer_weights(EngineConfig(big_threshold=1000), fwd, (8, 4, 4)) is None  # all weights 1
+        w = _layer_weights(EngineConfig(big_weight=4.0, big_threshold=1000, layer_weights={"2.": 0.5, "3.": 0.5}), fwd,
+                           (8, 4, 4))
         assert w == {"2.weight": 2.0, "3.weight": 0.5}  # 2048 entries >= 1000; the 576-entry conv is not linear
 
 
@@ -217,6 +218,48 @@ def test_big_weight_changes_a_stage_only_where_a_large_linear_layer_exists(small
     fast = attack("rog", view, update, iterations=3, big_threshold=1)  # every linear layer is large
     heavy = attack("rog", view, update, iterations=3, big_weight=4.0, big_threshold=1)
     assert torch.equal(plain.images, same.images) and not torch.equal(fast.images, heavy.images)
+
+
+class _OutOfOrder(torch.nn.Module):
+    """A model whose head is registered before the layer the images enter, with BatchNorm after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4 * 8 * 8, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.stem(x))).flatten(1))
+
+
+def test_the_input_layer_is_the_first_one_the_images_pass_through_and_finding_it_changes_no_statistic():
+    from fedleak.attacks.simulate import ForwardModel
+    model = _OutOfOrder().train()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    fwd = ForwardModel(model, dict(model.named_parameters()), dict(model.named_buffers()))
+    assert fwd.input_layer((3, 8, 8)) == ("stem.weight", "stem.bias")  # not head, the first one registered
+    assert all(torch.equal(before[k], v) for k, v in model.named_buffers())  # running stats and the batch count
+
+
+def test_input_weight_multiplies_the_input_layers_weights_with_the_others():
+    from fedleak.attacks.engine.loop import _layer_weights
+    from fedleak.attacks.simulate import ForwardModel
+    model = _OutOfOrder().train()
+    fwd = ForwardModel(model, dict(model.named_parameters()), dict(model.named_buffers()), big_threshold=256)
+    w = _layer_weights(EngineConfig(input_weight=0.5, big_weight=2.0, big_threshold=256,
+                                    layer_weights={"stem.weight": 3.0}), fwd, (3, 8, 8))
+    assert w == {"stem.weight": 1.5, "stem.bias": 0.5, "head.weight": 2.0}
+    with pytest.raises(ConfigError, match="input_weight"):
+        EngineConfig(input_weight=-1.0)
+
+
+def test_input_weight_zero_is_the_attack_that_leaves_the_first_layer_out_by_name(small):
+    view, update = small  # lenet: the images enter features.0
+    plain = attack("rog", view, update, iterations=3)
+    named = attack("rog", view, update, iterations=3, layer_weights={"features.0.": 0.0})
+    unnamed = attack("rog", view, update, iterations=3, input_weight=0.0)
+    assert torch.equal(named.images, unnamed.images) and not torch.equal(plain.images, unnamed.images)
 
 
 # --- which iterate a run returns ---------------------------------------------------------------------------

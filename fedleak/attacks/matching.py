@@ -99,6 +99,8 @@ class Matcher:
         self.loss = loss if isinstance(loss, MatchLoss) else LOSSES.get(loss)
         self.mode = mode
         self.weights = weights or {}
+        #: the parameters this matcher never reads (weight 0): the simulation need not differentiate them
+        self.ignored = frozenset(k for k, w in self.weights.items() if w == 0)
         #: the update's last obfuscation step when it quantises (uniform, qsgd), every setting filled in: as
         #: :func:`quantiser_of` / :func:`quantiser_settings` give it (resolved once, by the caller)
         self.quantiser = quantiser

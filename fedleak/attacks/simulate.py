@@ -50,6 +50,30 @@ class ForwardModel:
         self._corrections: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self._hooks = [m.register_forward_hook(self._hook) for m in self.big.values()]
 
+    def input_layer(self, image_shape: tuple[int, ...]) -> tuple[str, ...]:
+        """The names of the parameters of the input layer: the first module with parameters of its own that an
+        image of ``image_shape`` (C, H, W) passes through (found by running two blank images, on copies of the
+        buffers, so no running statistic changes)."""
+        order: list[nn.Module] = []
+
+        def first(mod, args):
+            if not order and any(True for _ in mod.parameters(recurse=False)):
+                order.append(mod)
+
+        hooks = [m.register_forward_pre_hook(first) for m in self.model.modules()]
+        x = torch.zeros((2, *image_shape), dtype=next(iter(self.params.values())).dtype,
+                        device=next(iter(self.params.values())).device)
+        try:
+            with torch.no_grad():
+                functional_call(self.model, (self.params, {k: v.clone() for k, v in self.buffers.items()}), (x,))
+        finally:
+            for h in hooks:
+                h.remove()
+        if not order:
+            return ()
+        prefix = next(n for n, m in self.model.named_modules() if m is order[0])
+        return tuple(f"{prefix}.{k}" if prefix else k for k, _ in order[0].named_parameters(recurse=False))
+
     def close(self):
         for h in self._hooks:
             h.remove()
@@ -66,8 +90,9 @@ class ForwardModel:
         self._captures.append((name, h, out))
         return out
 
-    def _grads(self, params, x, y, soft: bool, buffers: dict[str, torch.Tensor]):
-        """Loss gradients: dense for small params, (D, H) for big linear weights (``buffers`` updated in place)."""
+    def _grads(self, params, x, y, soft: bool, buffers: dict[str, torch.Tensor], skip: frozenset = frozenset()):
+        """Loss gradients: dense for small params, (D, H) for big linear weights (``buffers`` updated in place);
+        no gradient for the small params named in ``skip``."""
         self._captures = []
         ctx = (torch.autocast(x.device.type, dtype=self.autocast) if self.autocast is not None
                else contextlib.nullcontext())
@@ -79,13 +104,16 @@ class ForwardModel:
                 loss = F.cross_entropy(out, y)
             caps = self._captures
             self._captures = []
-            small = [params[k] for k in self.small_names]
+            names = [k for k in self.small_names if k not in skip]
+            if not names and not caps:  # nothing else to differentiate: skipping all would leave no gradient
+                names = list(self.small_names)
+            small = [params[k] for k in names]
             zs = [z for _, _, z in caps]
             grads = torch.autograd.grad(loss, small + zs, create_graph=True)
         if self.autocast is not None:
             grads = tuple(g.float() for g in grads)
             caps = [(name, h.float(), z) for name, h, z in caps]
-        dense = dict(zip(self.small_names, grads[: len(small)]))
+        dense = dict(zip(names, grads[: len(small)]))
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for (name, h, _), dz in zip(caps, grads[len(small):]):
             D = dz.reshape(-1, dz.shape[-1])
@@ -109,8 +137,11 @@ class ForwardModel:
         self.last_buffers = {k: v.clone() for k, v in self.buffers.items()}
         return self.last_buffers
 
-    def fedsgd(self, x: torch.Tensor, y: torch.Tensor, soft: bool = False) -> GradRep:
-        dense, factors = self._grads(self._leaf_params(), x, y, soft, self._fresh_buffers())
+    def fedsgd(self, x: torch.Tensor, y: torch.Tensor, soft: bool = False, skip: frozenset = frozenset()) -> GradRep:
+        """The batch gradient; the small params named in ``skip`` are left out of it (not differentiated: a
+        matcher that gives them weight 0 never reads them, and their double backward is most of an iteration's
+        cost when they are the convolutions)."""
+        dense, factors = self._grads(self._leaf_params(), x, y, soft, self._fresh_buffers(), skip)
         return GradRep(dense, factors)
 
     def fedavg(self, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,

@@ -84,17 +84,21 @@ class Problem:
         u = self.update
         if u.protocol == "fedavg":
             return self.fwd.fedavg(x, y, u.lr, u.local_steps or 1, u.local_batch_size, soft)
-        return self.fwd.fedsgd(x, y, soft)
+        return self.fwd.fedsgd(x, y, soft, skip=self.matcher.ignored)
 
 
-def _layer_weights(cfg: EngineConfig, fwd: ForwardModel) -> Optional[dict[str, float]]:
-    """Parameter name -> weight in the matching loss: ``layer_weights`` by name pattern, and ``big_weight`` on
-    the large linear layers (``fwd.large_names``; the two multiply); None when all are 1."""
-    if not cfg.layer_weights and cfg.big_weight == 1.0:
+def _layer_weights(cfg: EngineConfig, fwd: ForwardModel, image_shape: tuple[int, ...]) -> Optional[dict[str, float]]:
+    """Parameter name -> weight in the matching loss: ``layer_weights`` by name pattern, ``big_weight`` on the
+    large linear layers (``fwd.large_names``) and ``input_weight`` on the input layer (the three multiply); None
+    when all are 1."""
+    if not cfg.layer_weights and cfg.big_weight == 1.0 and cfg.input_weight == 1.0:
         return None
     weights = {k: float(w) for k in fwd.params for pat, w in (cfg.layer_weights or {}).items() if pat in k}
     for k in fwd.large_names:
         weights[k] = weights.get(k, 1.0) * cfg.big_weight
+    if cfg.input_weight != 1.0:
+        for k in fwd.input_layer(image_shape):
+            weights[k] = weights.get(k, 1.0) * cfg.input_weight
     return weights
 
 
@@ -124,7 +128,8 @@ def prepare(view, update, cfg: EngineConfig, parts: Parts) -> Problem:
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     autocast = resolve_precision(cfg, view.batch_size, device)
     fwd = ForwardModel(model, params, buffers, cfg.big_threshold, cfg.fast, autocast)
-    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, fwd), tuple(fwd.big), quantiser)
+    matcher = Matcher(target, parts.loss, mode, _layer_weights(cfg, fwd, view.image_shape), tuple(fwd.big),
+                      quantiser)
     return Problem(view, update, labels, label_method, mode, fwd, matcher, autocast,
                    (view.batch_size, *view.image_shape), device=device)
 

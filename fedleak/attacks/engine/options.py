@@ -71,6 +71,10 @@ class EngineConfig(Options):
     loss: str = "l2"  # LOSSES: l2 | cosine | l2-relative | qsgd-likelihood
     layer_weights: Optional[dict[str, float]] = None
     big_weight: float = Field(1.0, ge=0)  # x the matching weight of linear weights with >= big_threshold entries
+    #: x the matching weight of the input layer's parameters (the first layer the images pass through); 0 leaves
+    #: them out of the match, and their gradient out of the simulation (its double backward is about a quarter
+    #: of an iteration on lenet at 128x128)
+    input_weight: float = Field(1.0, ge=0)
     tv: float = Field(0.0, ge=0)  # weight of the `tv` prior
     tv_size: Optional[int] = Field(None, ge=1)  # if set, side-scaled prior weights are x (image side / tv_size)
     tv_batch: Optional[int] = Field(None, ge=1)  # if set, prior weights are x sqrt(batch size / tv_batch)

@@ -292,9 +292,12 @@ def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: Eng
                    start: Optional[torch.Tensor]) -> Problem:
     """The problem as one stage sees it: its own matching loss (if it differs) and its start images."""
     matcher = problem.matcher
-    if (cfg.loss, cfg.layer_weights, cfg.big_weight) != (first.loss, first.layer_weights, first.big_weight):
+    def weighting(c: EngineConfig) -> tuple:
+        return c.loss, c.layer_weights, c.big_weight, c.input_weight
+
+    if weighting(cfg) != weighting(first):
         m = problem.matcher
-        matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd),
+        matcher = Matcher(m.target, parts.loss, problem.mode, _layer_weights(cfg, problem.fwd, problem.shape[1:]),
                           tuple(problem.fwd.big), m.quantiser)
     return dataclasses.replace(problem, matcher=matcher, start=start)
 
