@@ -54,25 +54,27 @@ class ForwardModel:
         """The names of the parameters of the input layer: the first module with parameters of its own that an
         image of ``image_shape`` (C, H, W) passes through (found by running two blank images, on copies of the
         buffers, so no running statistic changes)."""
-        order: list[nn.Module] = []
+        found: list[tuple[str, nn.Module]] = []
 
-        def first(mod, args):
-            if not order and any(True for _ in mod.parameters(recurse=False)):
-                order.append(mod)
+        def hook(name: str):
+            def first(mod, args):
+                if not found and any(True for _ in mod.parameters(recurse=False)):
+                    found.append((name, mod))
+            return first
 
-        hooks = [m.register_forward_pre_hook(first) for m in self.model.modules()]
-        x = torch.zeros((2, *image_shape), dtype=next(iter(self.params.values())).dtype,
-                        device=next(iter(self.params.values())).device)
+        hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self.model.named_modules()]
+        like = next(iter(self.params.values()))
+        x = torch.zeros((2, *image_shape), dtype=like.dtype, device=like.device)
         try:
             with torch.no_grad():
                 functional_call(self.model, (self.params, {k: v.clone() for k, v in self.buffers.items()}), (x,))
         finally:
             for h in hooks:
                 h.remove()
-        if not order:
+        if not found:
             return ()
-        prefix = next(n for n, m in self.model.named_modules() if m is order[0])
-        return tuple(f"{prefix}.{k}" if prefix else k for k, _ in order[0].named_parameters(recurse=False))
+        prefix, mod = found[0]
+        return tuple(f"{prefix}.{k}" if prefix else k for k, _ in mod.named_parameters(recurse=False))
 
     def close(self):
         for h in self._hooks:
@@ -139,8 +141,8 @@ class ForwardModel:
 
     def fedsgd(self, x: torch.Tensor, y: torch.Tensor, soft: bool = False, skip: frozenset = frozenset()) -> GradRep:
         """The batch gradient; the small params named in ``skip`` are left out of it (not differentiated: a
-        matcher that gives them weight 0 never reads them, and their double backward is most of an iteration's
-        cost when they are the convolutions)."""
+        matcher that gives them weight 0 never reads them; on lenet at 128x128 the convolutions' gradients cost
+        about 40 % of an iteration, benchmarks/layer_skip.py)."""
         dense, factors = self._grads(self._leaf_params(), x, y, soft, self._fresh_buffers(), skip)
         return GradRep(dense, factors)
 

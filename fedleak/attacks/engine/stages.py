@@ -292,6 +292,7 @@ def _stage_problem(problem: Problem, cfg: EngineConfig, parts: Parts, first: Eng
                    start: Optional[torch.Tensor]) -> Problem:
     """The problem as one stage sees it: its own matching loss (if it differs) and its start images."""
     matcher = problem.matcher
+
     def weighting(c: EngineConfig) -> tuple:
         return c.loss, c.layer_weights, c.big_weight, c.input_weight
 
