@@ -12,6 +12,11 @@ deterministic:
     python benchmarks/tuning_set.py /tmp/tune16
     python benchmarks/stages.py --data /tmp/tune16 --size 128 --batch 16 --limit 16 --rows none qsgd4
 
+``--second`` writes a second folder for checking a choice made on the first: the bottom-right quarter of each
+photo (label + 250) and the top-right quarter (label + 750), as centred squares:
+
+    python benchmarks/tuning_set.py --second /tmp/tune16b
+
 These are public photos, never the evaluation photos in ``../shared``.
 """
 from __future__ import annotations
@@ -37,24 +42,41 @@ def quarter(img):
     return square(img[:h // 2, :w // 2])
 
 
-def write(out: Path) -> list[tuple[str, int]]:
-    """Write the folder (each photo decoded once); the rows of its ``labels.csv``: the 8 centre squares, then the
-    8 quarters. Squares on disk, so ``resize: crop`` and ``resize: stretch`` load the same images."""
+def bottom_right(img):
+    """The bottom-right quarter of ``img``, as a centred square."""
+    h, w = img.shape[:2]
+    return square(img[h // 2:, w // 2:])
+
+
+def top_right(img):
+    """The top-right quarter of ``img``, as a centred square."""
+    h, w = img.shape[:2]
+    return square(img[:h // 2, w // 2:])
+
+
+#: folder -> its two crops of each photo: (crop, file tag, label shift)
+FOLDERS = {"first": ((square, "centre", 0), (quarter, "quarter", QUARTER_LABEL_SHIFT)),
+           "second": ((bottom_right, "br", 250), (top_right, "tr", 750))}
+
+
+def write(out: Path, folder: str = "first") -> list[tuple[str, int]]:
+    """Write the folder (each photo decoded once); the rows of its ``labels.csv``: the 8 images of the first crop,
+    then the 8 of the second (``first``: centre squares, then top-left quarters). Squares on disk, so
+    ``resize: crop`` and ``resize: stretch`` load the same images."""
     import numpy as np
     from PIL import Image
 
     from fedleak.client.data import BUILTIN_PHOTOS, builtin_dir
 
     out.mkdir(parents=True, exist_ok=True)
-    centres, quarters = [], []
+    firsts, seconds = [], []
     for name, label in BUILTIN_PHOTOS:
         img = np.asarray(Image.open(builtin_dir() / name).convert("RGB"))
-        for crop, tag, shift, rows in ((square, "centre", 0, centres),
-                                       (quarter, "quarter", QUARTER_LABEL_SHIFT, quarters)):
+        for (crop, tag, shift), rows in zip(FOLDERS[folder], (firsts, seconds)):
             fname = f"{Path(name).stem}_{tag}.png"
             Image.fromarray(np.ascontiguousarray(crop(img))).save(out / fname)
             rows.append((fname, (label + shift) % 1000))
-    rows = centres + quarters
+    rows = firsts + seconds
     (out / "labels.csv").write_text("file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows))
     return rows
 
@@ -62,8 +84,9 @@ def write(out: Path) -> list[tuple[str, int]]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="folder to write (created; existing files of the same names are replaced)")
+    p.add_argument("--second", action="store_true", help="the second folder: bottom-right and top-right quarters")
     args = p.parse_args(argv)
-    rows = write(args.out)
+    rows = write(args.out, "second" if args.second else "first")
     print(f"wrote {len(rows)} images and labels.csv to {args.out}")
 
 
